@@ -1,0 +1,52 @@
+# tessera — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system test test-slow lint fmt demo plan validate clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+system: ## Install the system packages tessera needs (memcached, Java); apt-get, once
+	@bash scripts/install-system.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[main,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: system $(STAMP) ## Create the virtualenv and install tessera with everything it needs
+
+test: setup ## Run the test suite (starts its own services)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup ## Run the slow suites too (large data, long streams)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff, mypy and the import-layer contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy features kvstore flink_jobs spark_jobs serving tessera
+	$(BIN)/lint-imports
+
+fmt: setup ## Format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+validate: setup ## Validate the fraud feature repo
+	$(BIN)/tessera validate features/fraud
+
+plan: setup ## Show what the fraud feature repo will run
+	$(BIN)/tessera plan features/fraud
+
+demo: setup ## The whole story on embedded defaults
+	$(BIN)/tessera demo
+
+clean: ## Remove the virtualenvs and generated data
+	rm -rf $(VENV) .venv-flink .data build *.egg-info

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tessera needs, only when something is missing.
+set -euo pipefail
+need=()
+command -v memcached >/dev/null 2>&1 || need+=(memcached)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "tessera: installing system packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+# The Debian package starts a memcached on 11211; tessera starts its own servers on other ports.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now memcached >/dev/null 2>&1 || true; fi
