@@ -1,0 +1,119 @@
+"""The ``tessera`` command: one entry point for every part of the platform."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features.compile import compile_repo, validate_repo
+from features.discovery import load_repo
+from features.plan import Plan
+from features.windows import format_duration
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="tessera: streaming features for payment-fraud ML. One definition; stream, batch, backfill and serving agree.",
+)
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def validate(path: Path = typer.Argument(..., help="folder (or file) of feature definitions")) -> None:
+    """Check every definition; print all problems (file:line, what, fix). Exit 1 on any error."""
+    repo = load_repo(path)
+    diagnostics = validate_repo(repo)
+    for d in diagnostics:
+        err.print(d.render(str(path)), markup=False, highlight=False)
+        err.print()
+    errors = sum(1 for d in diagnostics if d.severity == "error")
+    if errors:
+        err.print(f"[bold red]{errors} error(s)[/] in {path}")
+        raise typer.Exit(1)
+    console.print(
+        f"[green]ok[/]: {len(repo.sources)} sources, {len(repo.group_bys)} GroupBys, {len(repo.joins)} Joins in {path}"
+    )
+
+
+def _plan_or_exit(path: Path) -> Plan:
+    repo = load_repo(path)
+    diagnostics = validate_repo(repo)
+    if any(d.severity == "error" for d in diagnostics):
+        for d in diagnostics:
+            err.print(d.render(str(path)), markup=False, highlight=False)
+        err.print(f"[bold red]{len(diagnostics)} problem(s)[/]: run `tessera validate {path}`")
+        raise typer.Exit(1)
+    return compile_repo(repo)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n //= 1024
+    return f"{n} TiB"
+
+
+@app.command()
+def plan(
+    path: Path = typer.Argument(..., help="folder (or file) of feature definitions"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON (what the jobs read)"),
+) -> None:
+    """Show what will run: per GroupBy the row logic, windows and hops, tiles, KV datasets, state size."""
+    p = _plan_or_exit(path)
+    if as_json:
+        sys.stdout.write(p.to_json() + "\n")
+        return
+    console.print(f"[bold]plan[/] {p.plan_hash}  ({len(p.group_bys)} GroupBys, {len(p.joins)} Joins)\n")
+    for gb in p.group_bys:
+        console.print(f"[bold cyan]GroupBy {gb.name}[/]  keys={list(gb.keys)}  source={gb.source.table} "
+                      f"(topic {gb.source.topic})  {gb.defined_at}  hash {gb.semantic_hash}")
+        if gb.row_logic.selects:
+            for name, sql in gb.row_logic.selects.items():
+                console.print(f"    select {name} = {sql}", markup=False, highlight=False)
+        if gb.row_logic.where:
+            console.print(f"    where {gb.row_logic.where}", markup=False, highlight=False)
+        table = Table(show_edge=False, pad_edge=False, box=None)
+        for col in ("feature", "op", "window", "hop", "offset", "type"):
+            table.add_column(col)
+        for f in gb.features:
+            a = gb.aggregations[f.agg_index]
+            w = a.windows[f.window_index]
+            table.add_row(
+                f.name, a.op, format_duration(w.length_ms) if w.length_ms else "lifetime",
+                format_duration(w.hop_ms) if w.length_ms else "-", format_duration(w.offset_ms) if w.offset_ms else "-",
+                f.type,
+            )
+        console.print(table)
+        if gb.stream and gb.batch:
+            sizes = ", ".join(format_duration(s) for s in gb.stream.tile_sizes_ms)
+            console.print(f"    stream: tiles {sizes}; flush every {gb.stream.flush_interval_ms} ms -> "
+                          f"memcached dataset {gb.stream.dataset}; retention {format_duration(gb.stream.retention_ms)}")
+            console.print(f"    batch:  daily upload -> bulk dataset {gb.batch.dataset}; "
+                          f"state per busy key <= {_bytes(gb.state_bytes_per_key)}")
+            console.print(f"    late events -> {gb.source.late_topic}; malformed -> {gb.source.dead_letter_topic}")
+        else:
+            console.print("    offline only (backfill)")
+        console.print()
+    for j in p.joins:
+        n_features = sum(len(part.features) for part in j.parts) + len(j.derivations)
+        console.print(f"[bold magenta]Join {j.name}[/]  {n_features} features  {j.defined_at}")
+        for part in j.parts:
+            keys = ", ".join(f"{k}<-{c}" for k, c in part.key_map.items())
+            console.print(f"    {part.group_by}: {len(part.features)} features as {part.prefix}_*  (keys {keys})")
+        for d in j.derivations:
+            console.print(f"    derive {d.name} = {d.expression}", markup=False, highlight=False)
+        console.print()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
