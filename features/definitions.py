@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from features.windows import WindowError, WindowSpec, default_hop_ms, parse_duration_ms
@@ -41,7 +41,7 @@ def _definition_site() -> tuple[str, int]:
     return "<unknown>", 0
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     """The aggregation operations. Each is a monoid over an intermediate representation (features.ops)."""
 
     COUNT = "count"
@@ -167,11 +167,9 @@ class Aggregation:
         if self.percentiles is not None:
             object.__setattr__(self, "percentiles", tuple(self.percentiles))
         op = self.op
-        if isinstance(op, str) and not isinstance(op, Op):
-            try:
-                object.__setattr__(self, "op", Op(op.lower()))
-            except ValueError:
-                pass  # validate() reports it with the list of ops
+        # An unknown op name stays a string; validate() reports it with the list of ops.
+        if isinstance(op, str) and not isinstance(op, Op) and op.lower() in Op._value2member_map_:
+            object.__setattr__(self, "op", Op(op.lower()))
 
     @property
     def op_name(self) -> str:
@@ -214,7 +212,9 @@ class GroupBy:
             object.__setattr__(self, "selects", dict(self.selects))
         object.__setattr__(self, "aggregations", tuple(self.aggregations))
         if not isinstance(self.source, EventSource):
-            raise TypeError(f"GroupBy {self.name!r}: source must be an EventSource, got {type(self.source).__name__}")
+            raise TypeError(
+                f"GroupBy {self.name!r}: source must be an EventSource, got {type(self.source).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -266,12 +266,16 @@ class Join:
     def __post_init__(self) -> None:
         if self.defined_at == ("<unknown>", 0):
             object.__setattr__(self, "defined_at", _definition_site())
-        parts = [p if isinstance(p, JoinPart) else JoinPart(p, defined_at=_definition_site()) for p in self.parts]
+        parts = [
+            p if isinstance(p, JoinPart) else JoinPart(p, defined_at=_definition_site()) for p in self.parts
+        ]
         object.__setattr__(self, "parts", tuple(parts))
         if self.derivations is not None:
             object.__setattr__(self, "derivations", dict(self.derivations))
         if not isinstance(self.left, EventSource):
-            raise TypeError(f"Join {self.name!r}: left must be an EventSource, got {type(self.left).__name__}")
+            raise TypeError(
+                f"Join {self.name!r}: left must be an EventSource, got {type(self.left).__name__}"
+            )
 
 
 Definition = EventSource | GroupBy | Join

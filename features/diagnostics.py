@@ -5,6 +5,7 @@ Validation rules collect diagnostics instead of raising, so a user sees every pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -31,10 +32,8 @@ class Diagnostic:
         if root and path.startswith(os.path.abspath(root) + os.sep):
             path = os.path.relpath(path, os.path.dirname(os.path.abspath(root)))
         elif root:
-            try:
+            with contextlib.suppress(ValueError):
                 path = os.path.relpath(path)
-            except ValueError:
-                pass
         lines = [f"{path}:{self.line}: {self.severity}[{self.code}]: {self.message}"]
         if self.detail:
             lines.extend("    " + d for d in self.detail.rstrip("\n").splitlines())

@@ -66,9 +66,17 @@ def _import(path: Path) -> ModuleType:
         raise ImportError(f"cannot name module for {path}")
     if str(sys_path_entry) not in sys.path:
         sys.path.insert(0, str(sys_path_entry))
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-        return importlib.reload(sys.modules[name])
     return importlib.import_module(name)
+
+
+def _forget_modules_under(root: Path) -> None:
+    """Drop already-imported modules of the repo, so a new load sees the files as they are now and every
+    module of one load shares the same objects (a Join and its GroupBys)."""
+    base = str(root if root.is_dir() else root.parent)
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and os.path.abspath(file).startswith(base + os.sep):
+            del sys.modules[name]
 
 
 def _error_site(exc: BaseException, files: set[str]) -> tuple[str, int]:
@@ -87,11 +95,18 @@ def load_repo(path: str | os.PathLike[str]) -> Repo:
     repo = Repo(root=str(root))
     if not root.exists():
         repo.diagnostics.append(
-            Diagnostic(str(root), 0, "repo-missing", f"no such file or folder: {path}",
-                       fix="pass the folder that holds your feature definitions, e.g. features/fraud")
+            Diagnostic(
+                str(root),
+                0,
+                "repo-missing",
+                f"no such file or folder: {path}",
+                fix="pass the folder that holds your feature definitions, e.g. features/fraud",
+            )
         )
         return repo
     files = _python_files(root)
+    _forget_modules_under(root)
+    importlib.invalidate_caches()
     file_set = {str(f) for f in files}
     rel_root = root if root.is_dir() else root.parent
     for file in files:
@@ -102,8 +117,13 @@ def load_repo(path: str | os.PathLike[str]) -> Repo:
             if where[0] == "<unknown>":
                 where = (str(file), 0)
             repo.diagnostics.append(
-                Diagnostic(where[0], where[1], "import-error", f"{type(exc).__name__}: {exc}",
-                           fix="fix the Python error in this module; the other modules were still checked")
+                Diagnostic(
+                    where[0],
+                    where[1],
+                    "import-error",
+                    f"{type(exc).__name__}: {exc}",
+                    fix="fix the Python error in this module; the other modules were still checked",
+                )
             )
             continue
         rel = file.relative_to(rel_root).with_suffix("")

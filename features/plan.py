@@ -76,14 +76,28 @@ class RowLogicPlan:
 
 
 @dataclass(frozen=True)
+class TileLevelPlan:
+    """Tiles of one size. A stored value holds the tiles of one ``period`` (the next size up), and tiles
+    are kept while they can still be read: ``retention_ms`` after their end."""
+
+    size_ms: int
+    period_ms: int
+    retention_ms: int
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """The streaming side of an online GroupBy: tiles in keyed state, flushed to the write-many store."""
 
     dataset: str
-    tile_sizes_ms: tuple[int, ...]
-    retention_ms: int
+    levels: tuple[TileLevelPlan, ...]
+    horizon_ms: int
     flush_interval_ms: int
     key_layout: str
+
+    @property
+    def tile_sizes_ms(self) -> tuple[int, ...]:
+        return tuple(level.size_ms for level in self.levels)
 
 
 @dataclass(frozen=True)
@@ -198,11 +212,13 @@ def from_obj(tp: Any, value: Any) -> Any:
         return None
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return from_obj(args[0], value) if len(args) == 1 else value
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return from_obj(members[0], value) if len(members) == 1 else value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = typing.get_type_hints(tp)
-        kwargs = {f.name: from_obj(hints[f.name], value[f.name]) for f in dataclasses.fields(tp) if f.name in value}
+        kwargs = {
+            f.name: from_obj(hints[f.name], value[f.name]) for f in dataclasses.fields(tp) if f.name in value
+        }
         return tp(**kwargs)
     if origin is tuple:
         args = typing.get_args(tp)

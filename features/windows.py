@@ -10,6 +10,7 @@ Every time here is an ``int`` of milliseconds since the epoch; the unit is in th
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -163,7 +164,7 @@ def cover(start_ms: int, end_ms: int, sizes_ms: tuple[int, ...]) -> list[tuple[i
     if not sizes_ms:
         raise WindowError("cover needs at least one tile size")
     smallest = sizes_ms[0]
-    for small, big in zip(sizes_ms, sizes_ms[1:]):
+    for small, big in itertools.pairwise(sizes_ms):
         if big % small:
             raise WindowError(f"tile sizes must nest: {big} ms is not a multiple of {small} ms")
     if start_ms % smallest or end_ms % smallest:
@@ -183,5 +184,5 @@ def cover(start_ms: int, end_ms: int, sizes_ms: tuple[int, ...]) -> list[tuple[i
 
 def cover_bound(span_ms: int, sizes_ms: tuple[int, ...]) -> int:
     """The most pieces :func:`cover` can return for an interval of ``span_ms``."""
-    climb = sum(big // small - 1 for small, big in zip(sizes_ms, sizes_ms[1:]))
+    climb = sum(big // small - 1 for small, big in itertools.pairwise(sizes_ms))
     return 2 * climb + span_ms // sizes_ms[-1] + 1

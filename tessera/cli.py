@@ -19,8 +19,10 @@ app = typer.Typer(
     no_args_is_help=True,
     help="tessera: streaming features for payment-fraud ML. One definition; stream, batch, backfill and serving agree.",
 )
-console = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) keeps long names and SQL on one line instead of wrapping at 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()
@@ -71,8 +73,10 @@ def plan(
         return
     console.print(f"[bold]plan[/] {p.plan_hash}  ({len(p.group_bys)} GroupBys, {len(p.joins)} Joins)\n")
     for gb in p.group_bys:
-        console.print(f"[bold cyan]GroupBy {gb.name}[/]  keys={list(gb.keys)}  source={gb.source.table} "
-                      f"(topic {gb.source.topic})  {gb.defined_at}  hash {gb.semantic_hash}")
+        console.print(
+            f"[bold cyan]GroupBy {gb.name}[/]  keys={list(gb.keys)}  source={gb.source.table} "
+            f"(topic {gb.source.topic})  {gb.defined_at}  hash {gb.semantic_hash}"
+        )
         if gb.row_logic.selects:
             for name, sql in gb.row_logic.selects.items():
                 console.print(f"    select {name} = {sql}", markup=False, highlight=False)
@@ -85,18 +89,30 @@ def plan(
             a = gb.aggregations[f.agg_index]
             w = a.windows[f.window_index]
             table.add_row(
-                f.name, a.op, format_duration(w.length_ms) if w.length_ms else "lifetime",
-                format_duration(w.hop_ms) if w.length_ms else "-", format_duration(w.offset_ms) if w.offset_ms else "-",
+                f.name,
+                a.op,
+                format_duration(w.length_ms) if w.length_ms else "lifetime",
+                format_duration(w.hop_ms) if w.length_ms else "-",
+                format_duration(w.offset_ms) if w.offset_ms else "-",
                 f.type,
             )
         console.print(table)
         if gb.stream and gb.batch:
-            sizes = ", ".join(format_duration(s) for s in gb.stream.tile_sizes_ms)
-            console.print(f"    stream: tiles {sizes}; flush every {gb.stream.flush_interval_ms} ms -> "
-                          f"memcached dataset {gb.stream.dataset}; retention {format_duration(gb.stream.retention_ms)}")
-            console.print(f"    batch:  daily upload -> bulk dataset {gb.batch.dataset}; "
-                          f"state per busy key <= {_bytes(gb.state_bytes_per_key)}")
-            console.print(f"    late events -> {gb.source.late_topic}; malformed -> {gb.source.dead_letter_topic}")
+            sizes = ", ".join(
+                f"{format_duration(lv.size_ms)} (kept {format_duration(lv.retention_ms)})"
+                for lv in gb.stream.levels
+            )
+            console.print(
+                f"    stream: tiles {sizes}; flush every {gb.stream.flush_interval_ms} ms -> "
+                f"memcached dataset {gb.stream.dataset}"
+            )
+            console.print(
+                f"    batch:  daily upload -> bulk dataset {gb.batch.dataset}; "
+                f"state per busy key <= {_bytes(gb.state_bytes_per_key)}"
+            )
+            console.print(
+                f"    late events -> {gb.source.late_topic}; malformed -> {gb.source.dead_letter_topic}"
+            )
         else:
             console.print("    offline only (backfill)")
         console.print()
@@ -105,10 +121,26 @@ def plan(
         console.print(f"[bold magenta]Join {j.name}[/]  {n_features} features  {j.defined_at}")
         for part in j.parts:
             keys = ", ".join(f"{k}<-{c}" for k, c in part.key_map.items())
-            console.print(f"    {part.group_by}: {len(part.features)} features as {part.prefix}_*  (keys {keys})")
+            console.print(
+                f"    {part.group_by}: {len(part.features)} features as {part.prefix}_*  (keys {keys})"
+            )
         for d in j.derivations:
             console.print(f"    derive {d.name} = {d.expression}", markup=False, highlight=False)
         console.print()
+
+
+@app.command()
+def demo(
+    data_dir: Path = typer.Option(
+        Path(".data/demo"), help="the one folder everything the demo makes goes to"
+    ),
+    days: int = typer.Option(3, help="days of synthetic payments"),
+    events_per_day: int = typer.Option(20_000, help="payments per day"),
+) -> None:
+    """The whole story on embedded defaults, step by step (what `make demo` runs)."""
+    from tessera.demo import run_demo
+
+    run_demo(data_dir, days=days, events_per_day=events_per_day)
 
 
 def main() -> None:

@@ -26,7 +26,13 @@ payments = EventSource(
     time_column="ts",
     tie_break="event_id",
     allowed_lateness="5m",
-    schema={**REQUEST_SCHEMA, "status": "string", "arrival_ts": "long", "is_fraud": "long", "label_ts": "long"},
+    schema={
+        **REQUEST_SCHEMA,
+        "status": "string",
+        "arrival_ts": "long",
+        "is_fraud": "long",
+        "label_ts": "long",
+    },
 )
 
 # What the decision sees: a payment before it is authorized (no status, no label).

@@ -30,8 +30,16 @@ times = st.integers(min_value=-10 * DAY_MS, max_value=400 * DAY_MS)
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("10s", 10_000), ("5m", 300_000), ("1h", HOUR_MS), ("7d", 7 * DAY_MS), ("250ms", 250), (" 30d ", 30 * DAY_MS),
-     (timedelta(minutes=90), 90 * MINUTE_MS), (1234, 1234)],
+    [
+        ("10s", 10_000),
+        ("5m", 300_000),
+        ("1h", HOUR_MS),
+        ("7d", 7 * DAY_MS),
+        ("250ms", 250),
+        (" 30d ", 30 * DAY_MS),
+        (timedelta(minutes=90), 90 * MINUTE_MS),
+        (1234, 1234),
+    ],
 )
 def test_parse_duration(text: object, ms: int) -> None:
     assert parse_duration_ms(text) == ms  # type: ignore[arg-type]
@@ -64,8 +72,12 @@ def test_default_hop_keeps_tail_within_a_sixtieth(length: int) -> None:
     assert not bigger or bigger[0] * 60 > length
 
 
-@given(times, st.integers(min_value=1, max_value=60 * DAY_MS), st.sampled_from(HOP_LADDER_MS),
-       st.integers(min_value=0, max_value=30 * DAY_MS))
+@given(
+    times,
+    st.integers(min_value=1, max_value=60 * DAY_MS),
+    st.sampled_from(HOP_LADDER_MS),
+    st.integers(min_value=0, max_value=30 * DAY_MS),
+)
 def test_window_interval(t: int, length: int, hop: int, offset: int) -> None:
     start, end = window_interval(t, length, hop, offset)
     assert start % hop == 0 and start <= end
@@ -90,7 +102,9 @@ def test_event_at_t_is_excluded_and_boundaries() -> None:
 
 @settings(max_examples=300)
 @given(st.sampled_from(LADDERS), times, st.integers(min_value=0, max_value=40 * DAY_MS), st.data())
-def test_cover_is_exact_disjoint_and_bounded(ladder: tuple[int, ...], a: int, span: int, data: st.DataObject) -> None:
+def test_cover_is_exact_disjoint_and_bounded(
+    ladder: tuple[int, ...], a: int, span: int, data: st.DataObject
+) -> None:
     smallest = ladder[0]
     start = align(a, smallest)
     end = align(start + span, smallest)
