@@ -62,7 +62,9 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_ready(bootstrap: str, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> float:
+def wait_until_ready(
+    bootstrap: str, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> float:
     """Block until a Kafka metadata request to ``bootstrap`` succeeds; returns the seconds waited.
 
     Raises BrokerError on timeout or if ``process`` (the broker we started) exits meanwhile.
@@ -232,7 +234,12 @@ def start_broker(
     log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     finally:
         log.close()

