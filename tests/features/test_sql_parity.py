@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import sys
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from features.sql import SPARK_CONF, analyze_expression, compile_expression, compile_row_logic
+from features.sql import analyze_expression, compile_expression, compile_row_logic
 
 pytestmark = pytest.mark.spark
 
@@ -92,19 +90,6 @@ EXPRESSIONS: list[str] = [
     "upper(substring(lower(s), 2, 3))", "round(sqrt(abs(d)), 3)", "length(concat_ws('-', lower(s), upper(t)))",
     "CASE WHEN b THEN round(m * i, 1) ELSE m END", "coalesce(nullif(trim(s), ''), 'blank')",
 ]
-
-
-@pytest.fixture(scope="module")
-def spark():
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    pyspark_sql = pytest.importorskip("pyspark.sql")
-    builder = pyspark_sql.SparkSession.builder.master("local[1]").appName("tessera-sql-parity")
-    for k, v in {**SPARK_CONF, "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1"}.items():
-        builder = builder.config(k, v)
-    session = builder.getOrCreate()
-    yield session
-    session.stop()
 
 
 def _spark_type(t: str):
