@@ -55,7 +55,7 @@ def _counter_class() -> Any:
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
     from pyflink.datastream.state import ValueStateDescriptor
 
-    class CountPerKey(KeyedProcessFunction):  # type: ignore[misc]
+    class CountPerKey(KeyedProcessFunction):
         """Counts per key in ValueState; emits one JSON line per key when the final watermark passes."""
 
         def open(self, runtime_context: RuntimeContext) -> None:

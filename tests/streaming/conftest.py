@@ -12,6 +12,7 @@ Each test uses its own topic names (``unique_topic``), so tests share the broker
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import uuid
@@ -43,8 +44,8 @@ def docker_available() -> bool:
     if os.environ.get("TESSERA_NO_DOCKER"):
         return False
     try:
-        import docker
-
+        # By module name: the repo's own docker/ folder (deployment config) would shadow it for type checkers.
+        docker = importlib.import_module("docker")
         client = docker.from_env(timeout=2)
         try:
             return bool(client.ping())
@@ -62,7 +63,10 @@ def kafka_broker() -> Iterator[str]:
         yield external
         return
     if docker_available():
-        from testcontainers.kafka import KafkaContainer
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers < 4.14
+            from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
             yield kafka.get_bootstrap_server()
