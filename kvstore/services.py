@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import glob
 import importlib
 import json
@@ -51,6 +52,21 @@ def docker_available() -> bool:
     except Exception:
         return False
     return True
+
+
+try:
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:  # not Linux/glibc: servers then outlive a killed test run, as they would anyway
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it when the starting process dies (no leaked servers).
+
+    Only a call into an already-loaded C function: nothing here may import or allocate much after fork.
+    """
+    if _LIBC is not None:
+        _LIBC.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 def free_port() -> int:
@@ -147,9 +163,16 @@ def _memcached_answers(host: str, port: int) -> bool:
 
 
 def start_memcached(
-    port: int | None = None, memory_mb: int = 64, item_size_max: str = "1m", ready_timeout_s: float = 10.0
+    port: int | None = None,
+    memory_mb: int = 64,
+    item_size_max: str = "1m",
+    ready_timeout_s: float = 10.0,
+    die_with_parent: bool = True,
 ) -> Service:
-    """Start one memcached on loopback (``-l 127.0.0.1``) and return it once it answers ``version``."""
+    """Start one memcached on loopback (``-l 127.0.0.1``) and return it once it answers ``version``.
+
+    With ``die_with_parent`` (tests, benchmarks) the server is killed if the starting process dies.
+    """
     if docker_available():
         from testcontainers.core.container import DockerContainer
 
@@ -178,9 +201,15 @@ def start_memcached(
         "-t",
         "2",
     ]
-    if os.geteuid() == 0:
-        cmd += ["-u", "nobody"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        # As root, drop to nobody before exec (not with memcached's -u, which would reset the death signal).
+        user="nobody" if os.geteuid() == 0 else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if die_with_parent else None,
+    )
     _wait_ready(lambda: _memcached_answers(HOST, port), f"memcached on {HOST}:{port}", proc, ready_timeout_s)
     return Service("memcached", HOST, port, proc=proc)
 
@@ -207,6 +236,24 @@ def postgres_bin_dir() -> str | None:
     return os.path.dirname(found[-1]) if found else None
 
 
+def _remove_orphaned_pg_dirs(min_age_s: float = 3600.0) -> None:
+    """Delete working directories left by killed runs: older than ``min_age_s`` and with no live server."""
+    for d in glob.glob(os.path.join(tempfile.gettempdir(), "tessera-pg-*")):
+        try:
+            if time.time() - os.path.getmtime(d) < min_age_s:
+                continue
+            pidfile = os.path.join(d, "data", "postmaster.pid")
+            if os.path.exists(pidfile):
+                with open(pidfile) as f:
+                    os.kill(int(f.readline()), 0)
+                continue  # its server is alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _pg_answers(bindir: str, port: int) -> bool:
     r = subprocess.run(
         [f"{bindir}/pg_isready", "-q", "-h", HOST, "-p", str(port), "-U", "tessera", "-d", "postgres"],
@@ -215,7 +262,9 @@ def _pg_answers(bindir: str, port: int) -> bool:
     return r.returncode == 0
 
 
-def start_postgres(port: int | None = None, ready_timeout_s: float = 60.0) -> Service:
+def start_postgres(
+    port: int | None = None, ready_timeout_s: float = 60.0, die_with_parent: bool = True
+) -> Service:
     """Start a throw-away PostgreSQL on loopback (trust auth, user ``tessera``); ``extra["dsn"]`` connects.
 
     The cluster lives in a temporary directory removed by ``stop``. fsync is off: it is for tests and
@@ -238,6 +287,7 @@ def start_postgres(port: int | None = None, ready_timeout_s: float = 60.0) -> Se
             "PostgreSQL is not installed: apt-get install postgresql (see scripts/install-system.sh)"
         )
     user = "postgres" if os.geteuid() == 0 else None
+    _remove_orphaned_pg_dirs()
     workdir = tempfile.mkdtemp(prefix="tessera-pg-")
     if user:
         shutil.chown(workdir, user)
@@ -279,7 +329,12 @@ def start_postgres(port: int | None = None, ready_timeout_s: float = 60.0) -> Se
     }
     cmd = [f"{bindir}/postgres", "-D", data] + [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
     proc = subprocess.Popen(
-        cmd, user=user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        cmd,
+        user=user,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if die_with_parent else None,
     )
     try:
         _wait_ready(lambda: _pg_answers(bindir, port), f"postgres on {HOST}:{port}", proc, ready_timeout_s)
@@ -318,9 +373,12 @@ def _main(argv: list[str] | None = None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     if args.cmd == "start":
         started = (
-            [start_memcached(args.port + i if args.port else None, args.memory_mb) for i in range(args.nodes)]
+            [
+                start_memcached(args.port + i if args.port else None, args.memory_mb, die_with_parent=False)
+                for i in range(args.nodes)
+            ]
             if args.kind == "memcached"
-            else [start_postgres(args.port or None)]
+            else [start_postgres(args.port or None, die_with_parent=False)]
         )
         for s in started:
             record = {"kind": s.kind, "address": s.address, "pid": s.pid, "workdir": s.workdir, **s.extra}
