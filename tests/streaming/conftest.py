@@ -55,6 +55,19 @@ def docker_available() -> bool:
         return False
 
 
+def _stop_orphans(state: Path) -> None:
+    """Stop brokers left by test sessions that were killed (their PID file names the dead pytest process)."""
+    from flink_jobs.broker import stop_broker
+
+    for pid_file in state.glob("tansu-*.pid"):
+        owner = pid_file.stem.removeprefix("tansu-")
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            stop_broker(pid_file)
+    for log in state.glob("tansu-*.log"):
+        if not log.with_suffix(".pid").exists():
+            log.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[str]:
     """The bootstrap address of a real Kafka-protocol broker for the whole session."""
@@ -77,11 +90,13 @@ def kafka_broker() -> Iterator[str]:
     if not os.environ.get("TESSERA_TANSU") and not DEFAULT_TANSU.exists():
         run_setup("broker")
     state = ROOT / ".data" / "test-broker"
+    _stop_orphans(state)
     broker = start_broker(pid_file=state / f"tansu-{os.getpid()}.pid")
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
+        broker.log_file.unlink(missing_ok=True)  # kept only if the session dies (see _stop_orphans)
 
 
 @pytest.fixture(scope="session")

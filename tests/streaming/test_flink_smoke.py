@@ -8,6 +8,8 @@ watermark (watermarks come from record timestamps per partition), and skip malfo
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -53,27 +55,20 @@ def test_pyflink_kafka_source_sees_every_event(
 
     out = tmp_path / "counts.json"
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [
-            str(flink_python),
-            "-m",
-            "flink_jobs.smoke",
-            "--bootstrap",
-            kafka_broker,
-            "--topic",
-            topic,
-            "--group-id",
-            f"smoke-{topic}",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    cmd = [str(flink_python), "-m", "flink_jobs.smoke", "--bootstrap", kafka_broker, "--topic", topic]
+    cmd += ["--group-id", f"smoke-{topic}", "--out", str(out)]
+    # Own process group: on a timeout, kill the job's JVM too, not just its Python client.
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"smoke job timed out after 120 s:\n{stderr[-6000:]}")
     elapsed = time.monotonic() - t0
-    assert proc.returncode == 0, f"smoke job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"smoke job failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
     result = json.loads(out.read_text())
 
     expected = Counter(table["card_id"].to_pylist())
