@@ -346,7 +346,7 @@ def inject_malformed(
     return sent
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flink_jobs.replay", description=__doc__.split("\n")[0])
     p.add_argument("source", type=Path, help="a parquet file or folder of events")
     p.add_argument("--topic", required=True)
@@ -384,4 +384,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

@@ -175,7 +175,7 @@ def run(
     }
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flink_jobs.smoke", description=__doc__.split("\n")[0])
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
@@ -212,4 +212,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())
