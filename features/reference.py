@@ -30,11 +30,11 @@ def row_function(gb: GroupByPlan) -> Callable[[Row], dict[str, Any] | None]:
     return logic.python_fn
 
 
-def agg_op(agg: AggregationPlan) -> AggOp:
+def agg_op(agg: AggregationPlan, bucket_type: str = "string") -> AggOp:
     """The shared op for one aggregation of the plan (bucketed when the aggregation has buckets)."""
     params = OpParams(k=agg.k, percentiles=agg.percentiles)
     op = get_op(agg.op, params, input_type=agg.input_type)
-    return Bucketed(op) if agg.bucket else op
+    return Bucketed(op, bucket_type=bucket_type) if agg.bucket else op
 
 
 @dataclass
@@ -64,7 +64,8 @@ class GroupByIndex:
         for key, rows in grouped.items():
             rows.sort(key=lambda r: (r[time_col], r.get(tie_col, 0) if tie_col else 0))
             self.by_key[key] = _KeyEvents([r[time_col] for r in rows], rows)
-        self.ops = [agg_op(a) for a in gb.aggregations]
+        schema = gb.row_logic.output_schema
+        self.ops = [agg_op(a, schema.get(a.bucket or "", "string")) for a in gb.aggregations]
 
     def features_at(self, key: Sequence[Any], t_ms: int) -> dict[str, Any]:
         """Every feature of the GroupBy for entity ``key`` at query time ``t_ms``."""

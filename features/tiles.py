@@ -1,0 +1,364 @@
+"""Tiles and batch state: what the stream and the batch upload write, and how a fetch merges them.
+
+One GroupBy's state for one entity is a list of IRs, one per aggregation (``features.ops``). Two stores hold it:
+
+* **Stream tiles** (write-many store): the IRs of the events in ``[start, start + size)`` for each tile size of
+  the plan (``StreamPlan.levels``). A stored *period value* holds one level's tiles of one period (the next size
+  up), keyed ``(size, period start)``; each tile also records the largest event time in it, so a fetch knows
+  whether a tile that straddles the query time is exact.
+* **Batch state** (write-once store), computed from every event before a day boundary ``B``: per aggregation
+  and window, the IR of the window's *body* (the part inside the window for every query time of the validity
+  period ``[B, B + V)``) plus the hop-sized *edge tiles* that enter or leave the window during that period.
+
+A fetch at ``t`` (``B <= t < B + V``) for a window covering ``[start, end)`` merges: the body, the edge tiles
+inside ``[start, min(end, B))``, and the fewest stream tiles covering ``[max(start, B), end)``
+(:func:`features.windows.cover`). Every read is bounded whatever the window length, and the result equals a
+direct fold of the events in the window (``features.reference``) — the property tests prove it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.encoding import EncodingError, Reader, Writer, decode_irs, encode_irs
+from features.ops import AggOp, OpParams, get_op
+from features.ops.bucketed import Bucketed
+from features.plan import GroupByPlan, WindowPlan
+from features.windows import LIFETIME_START_MS, align, cover, window_interval
+
+#: Format byte of period values and batch states (independent of the IR container's own version byte).
+TILES_FORMAT = 1
+
+TileKey = tuple[int, int]  # (size_ms, start_ms)
+
+
+def build_ops(gb: GroupByPlan) -> list[AggOp]:
+    """The shared op of each aggregation of ``gb`` (bucketed where the aggregation has buckets)."""
+    ops: list[AggOp] = []
+    for agg in gb.aggregations:
+        op = get_op(agg.op, OpParams(k=agg.k, percentiles=agg.percentiles), input_type=agg.input_type)
+        if agg.bucket:
+            op = Bucketed(op, bucket_type=gb.row_logic.output_schema[agg.bucket])
+        ops.append(op)
+    return ops
+
+
+@dataclass
+class Tile:
+    """The IRs (one per aggregation) of one tile and the largest event time folded into it."""
+
+    irs: list[Any]
+    max_ts: int
+
+
+class StateCodec:
+    """Folds projected rows into IR lists and (de)serializes tiles, period values and batch states of one
+    GroupBy. Pure Python; the Flink job, the Spark jobs and the fetcher all use it."""
+
+    def __init__(self, gb: GroupByPlan):
+        self.gb = gb
+        self.ops = build_ops(gb)
+        self._codecs: Sequence[Any] = self.ops  # AggOp satisfies encoding.IRCodec (name is a ClassVar there)
+        self.time_col = gb.source.time_column
+        self.tie_col = gb.source.tie_break
+        self._aggs = [(agg.column, agg.bucket, op) for agg, op in zip(gb.aggregations, self.ops)]
+        self.sizes = gb.stream.tile_sizes_ms if gb.stream else ()
+        self.period_of = {lv.size_ms: lv.period_ms for lv in gb.stream.levels} if gb.stream else {}
+
+    # ---- IR lists --------------------------------------------------------------------------------------
+    def init(self) -> list[Any]:
+        return [op.init() for op in self.ops]
+
+    def update(self, irs: list[Any], row: Mapping[str, Any]) -> list[Any]:
+        """Add one projected row (the output of the row logic) to every aggregation's IR."""
+        ts = row[self.time_col]
+        tie = int(row.get(self.tie_col) or 0) if self.tie_col else 0
+        for i, (column, bucket, op) in enumerate(self._aggs):
+            value = row.get(column)
+            if value is None:
+                continue
+            if bucket is None:
+                irs[i] = op.update(irs[i], value, ts, tie)
+            else:
+                b = row.get(bucket)
+                if b is not None:  # null buckets are skipped, like null values (a map key cannot be null)
+                    irs[i] = op.update_bucket(irs[i], b, value, ts, tie)  # type: ignore[attr-defined]
+        return irs
+
+    def merge(self, a: list[Any], b: Sequence[Any]) -> list[Any]:
+        """Merge ``b`` into ``a`` (``a`` may be mutated; ``b`` never is)."""
+        for i, op in enumerate(self.ops):
+            a[i] = op.merge(a[i], b[i])
+        return a
+
+    def copy(self, irs: Sequence[Any]) -> list[Any]:
+        return [op.copy(ir) for op, ir in zip(self.ops, irs)]
+
+    def encode(self, irs: Sequence[Any]) -> bytes:
+        return encode_irs(self._codecs, irs)
+
+    def decode(self, data: bytes) -> list[Any]:
+        return decode_irs(self._codecs, data)
+
+    # ---- stream period values --------------------------------------------------------------------------
+    def period_key(self, size_ms: int, tile_start_ms: int) -> TileKey:
+        """The stored value ``(size, period start)`` that holds tile ``(size, tile_start)``."""
+        return size_ms, align(tile_start_ms, self.period_of[size_ms])
+
+    def encode_period(self, size_ms: int, period_start_ms: int, tiles: Mapping[int, Tile]) -> bytes:
+        """One stored value: the tiles of one level in one period (sorted by start; empty tiles dropped)."""
+        w = Writer()
+        w.buf.append(TILES_FORMAT)
+        w.uvarint(size_ms)
+        w.svarint(period_start_ms)
+        w.uvarint(len(tiles))
+        for start in sorted(tiles):
+            tile = tiles[start]
+            w.uvarint((start - period_start_ms) // size_ms)
+            w.svarint(tile.max_ts - start)
+            w.raw(self.encode(tile.irs))
+        return w.getvalue()
+
+    def decode_period(self, data: bytes) -> tuple[int, int, dict[int, Tile]]:
+        r = Reader(data)
+        version = r.byte()
+        if version != TILES_FORMAT:
+            raise EncodingError(
+                f"tile value format {version} is not {TILES_FORMAT}; written by another tessera"
+            )
+        size = r.uvarint()
+        period_start = r.svarint()
+        tiles: dict[int, Tile] = {}
+        for _ in range(r.uvarint()):
+            start = period_start + r.uvarint() * size
+            max_ts = start + r.svarint()
+            tiles[start] = Tile(self.decode(r.raw()), max_ts)
+        r.done()
+        return size, period_start, tiles
+
+    # ---- batch state -----------------------------------------------------------------------------------
+    def encode_batch(self, state: BatchState) -> bytes:
+        w = Writer()
+        w.buf.append(TILES_FORMAT)
+        w.svarint(state.boundary_ms)
+        w.uvarint(state.validity_ms)
+        for ai, windows in enumerate(state.windows):
+            op = self.ops[ai]
+            for ws in windows:
+                w.raw(op.encode(ws.body))
+                w.uvarint(len(ws.tiles))
+                for start in sorted(ws.tiles):
+                    w.svarint(start - state.boundary_ms)
+                    w.raw(op.encode(ws.tiles[start]))
+        return w.getvalue()
+
+    def decode_batch(self, data: bytes) -> BatchState:
+        r = Reader(data)
+        version = r.byte()
+        if version != TILES_FORMAT:
+            raise EncodingError(
+                f"batch value format {version} is not {TILES_FORMAT}; written by another tessera"
+            )
+        boundary = r.svarint()
+        validity = r.uvarint()
+        windows: list[list[WindowState]] = []
+        for ai, agg in enumerate(self.gb.aggregations):
+            op = self.ops[ai]
+            per_agg = []
+            for _ in agg.windows:
+                body = op.decode(r.raw())
+                tiles = {}
+                for _ in range(r.uvarint()):
+                    start = boundary + r.svarint()
+                    tiles[start] = op.decode(r.raw())
+                per_agg.append(WindowState(body, tiles))
+            windows.append(per_agg)
+        r.done()
+        return BatchState(boundary, validity, windows)
+
+
+@dataclass
+class WindowState:
+    """Batch state of one (aggregation, window): the body IR and the edge tiles by start (hop-sized)."""
+
+    body: Any
+    tiles: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchState:
+    """Everything one entity needs from the batch upload made at ``boundary_ms``, for queries in
+    ``[boundary, boundary + validity)``."""
+
+    boundary_ms: int
+    validity_ms: int
+    windows: list[list[WindowState]]  # [aggregation][window]
+
+
+def batch_layout(w: WindowPlan, boundary_ms: int, validity_ms: int) -> tuple[int, int, int, int]:
+    """For a window and an upload at ``B``: ``(edge_lo, body_lo, body_hi, edge_hi)``.
+
+    For every query time ``t`` in ``[B, B + V]`` the window's batch part ``[start(t), min(end(t), B))`` contains
+    the body ``[body_lo, body_hi)`` and lies inside ``[edge_lo, edge_hi)``; the rest is whole hop tiles.
+    """
+    b, v = boundary_ms, validity_ms
+    s_min, e_min = window_interval(b, w.length_ms, w.hop_ms, w.offset_ms)
+    s_max, e_max = window_interval(b + v, w.length_ms, w.hop_ms, w.offset_ms)
+    if w.offset_ms == 0:
+        e_min = e_max = b
+    body_lo = min(s_max, b)
+    body_hi = min(e_min, b)
+    edge_hi = min(e_max, b)
+    if body_lo >= body_hi:  # short window: no part is inside it all period long, all edge tiles
+        body_lo = body_hi = edge_hi
+    return s_min, body_lo, body_hi, edge_hi
+
+
+def batch_state(
+    codec: StateCodec, rows: Iterable[Mapping[str, Any]], boundary_ms: int, validity_ms: int
+) -> BatchState:
+    """The batch state of one entity from its projected rows (any order) with event time before ``B``.
+
+    Rows at or after the boundary are ignored (the stream owns them).
+    """
+    gb = codec.gb
+    layouts = [[batch_layout(w, boundary_ms, validity_ms) for w in agg.windows] for agg in gb.aggregations]
+    states = [[WindowState(op.init()) for _ in agg.windows] for agg, op in zip(gb.aggregations, codec.ops)]
+    time_col, tie_col = codec.time_col, codec.tie_col
+    for row in rows:
+        ts = row[time_col]
+        if ts >= boundary_ms:
+            continue
+        tie = int(row.get(tie_col) or 0) if tie_col else 0
+        for ai, (column, bucket, op) in enumerate(codec._aggs):
+            value = row.get(column)
+            if value is None:
+                continue
+            b = row.get(bucket) if bucket else None
+            if bucket and b is None:
+                continue
+            for wi, (edge_lo, body_lo, body_hi, edge_hi) in enumerate(layouts[ai]):
+                ws = states[ai][wi]
+                if body_lo <= ts < body_hi:
+                    ws.body = _update(op, ws.body, b, bucket, value, ts, tie)
+                elif edge_lo <= ts < edge_hi:
+                    start = align(ts, gb.aggregations[ai].windows[wi].hop_ms)
+                    cur = ws.tiles.get(start)
+                    ws.tiles[start] = _update(
+                        op, op.init() if cur is None else cur, b, bucket, value, ts, tie
+                    )
+    return BatchState(boundary_ms, validity_ms, states)
+
+
+def _update(op: AggOp, ir: Any, b: Any, bucket: str | None, value: Any, ts: int, tie: int) -> Any:
+    if bucket:
+        return op.update_bucket(ir, b, value, ts, tie)  # type: ignore[attr-defined]
+    return op.update(ir, value, ts, tie)
+
+
+def stream_reads(
+    gb: GroupByPlan, t_ms: int, boundary_ms: int
+) -> tuple[set[TileKey], dict[tuple[int, int], list[TileKey]]]:
+    """Which stream tiles a fetch at ``t`` reads: the stored period values to get, and per (aggregation,
+    window) the tiles to merge. The last tile may straddle ``t`` (see :func:`merge_features`)."""
+    assert gb.stream is not None
+    sizes = gb.stream.tile_sizes_ms
+    period_of = {lv.size_ms: lv.period_ms for lv in gb.stream.levels}
+    smallest = sizes[0]
+    values: set[TileKey] = set()
+    pieces: dict[tuple[int, int], list[TileKey]] = {}
+    for ai, agg in enumerate(gb.aggregations):
+        for wi, w in enumerate(agg.windows):
+            start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
+            lo = max(start, boundary_ms)
+            if lo >= end:
+                pieces[(ai, wi)] = []
+                continue
+            hi = align(end, smallest)
+            tiles = cover(lo, hi, sizes) if lo < hi else []
+            if hi < end:  # the head: the smallest tile holding t, exact when it holds nothing at or after t
+                tiles.append((smallest, hi))
+            pieces[(ai, wi)] = tiles
+            for size, tile_start in tiles:
+                values.add((size, align(tile_start, period_of[size])))
+    return values, pieces
+
+
+@dataclass
+class FetchResult:
+    """Feature values of one GroupBy for one entity, and how trustworthy they are."""
+
+    values: dict[str, Any]
+    stale_batch: bool = False  # the query time is past the batch state's validity
+    inexact_head: bool = False  # a tile straddling t held events at or after t (an "as of" query in the past)
+
+
+def merge_features(
+    codec: StateCodec,
+    t_ms: int,
+    batch: BatchState | None,
+    stream_tiles: Mapping[TileKey, Tile],
+    boundary_ms: int | None = None,
+) -> FetchResult:
+    """Every feature of the GroupBy at ``t``: batch body + edge tiles + stream tiles, finalized.
+
+    ``stream_tiles`` maps ``(size, start)`` to tiles (from the decoded period values of :func:`stream_reads`).
+    Without batch state, ``boundary_ms`` says from when the stream holds everything (default: the start of time,
+    i.e. the stream holds all events).
+    """
+    gb = codec.gb
+    if batch is not None:
+        boundary = batch.boundary_ms
+    elif boundary_ms is not None:
+        boundary = boundary_ms
+    else:  # the stream holds everything: start at its oldest tile
+        largest = max(codec.sizes) if codec.sizes else 1
+        boundary = align(min((start for _, start in stream_tiles), default=t_ms), largest)
+    result = FetchResult({})
+    if batch is not None and not batch.boundary_ms <= t_ms <= batch.boundary_ms + batch.validity_ms:
+        result.stale_batch = True
+    _, pieces = stream_reads(gb, t_ms, boundary) if gb.stream else (set(), {})
+    for f in gb.features:
+        ai, wi = f.agg_index, f.window_index
+        op = codec.ops[ai]
+        w = gb.aggregations[ai].windows[wi]
+        start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
+        ir = op.init()
+        if batch is not None:
+            ws = batch.windows[ai][wi]
+            ir = op.merge(ir, ws.body)
+            batch_end = min(end, boundary)
+            for tile_start, tile_ir in ws.tiles.items():
+                if start <= tile_start and tile_start + w.hop_ms <= batch_end:
+                    ir = op.merge(ir, tile_ir)
+        for size, tile_start in pieces.get((ai, wi), []):
+            tile = stream_tiles.get((size, tile_start))
+            if tile is None:
+                continue
+            if tile_start + size > end and tile.max_ts >= end:
+                result.inexact_head = True
+            ir = op.merge(ir, tile.irs[ai])
+        result.values[f.name] = op.finalize(ir)
+    return result
+
+
+def tiles_from_rows(
+    codec: StateCodec, rows: Iterable[Mapping[str, Any]], from_ms: int = LIFETIME_START_MS
+) -> dict[TileKey, Tile]:
+    """Every stream tile (all levels) of one entity's projected rows with event time at or after ``from_ms``;
+    what the stream job's keyed state holds, built directly (tests, replays)."""
+    tiles: dict[TileKey, Tile] = {}
+    for row in rows:
+        ts = row[codec.time_col]
+        if ts < from_ms:
+            continue
+        for size in codec.sizes:
+            key = (size, align(ts, size))
+            tile = tiles.get(key)
+            if tile is None:
+                tile = tiles[key] = Tile(codec.init(), ts)
+            codec.update(tile.irs, row)
+            tile.max_ts = max(tile.max_ts, ts)
+    return tiles
