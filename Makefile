@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system test test-slow lint fmt demo plan validate clean
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean
+BROKER_PORT ?= 9092
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -23,10 +24,22 @@ $(STAMP): pyproject.toml
 
 setup: system $(STAMP) ## Create the virtualenv and install tessera with everything it needs
 
-test: setup ## Run the test suite (starts its own services)
+streaming: $(STAMP) ## Fetch the broker binary and the Flink Kafka jars, create .venv-flink (idempotent)
+	@bash scripts/setup-streaming.sh
+
+broker-start: streaming ## Start the local Kafka-protocol broker on 127.0.0.1:$(BROKER_PORT)
+	$(BIN)/python -m flink_jobs.broker start --port $(BROKER_PORT) --topics payments=4
+
+broker-stop: ## Stop the local broker
+	$(BIN)/python -m flink_jobs.broker stop
+
+test: setup streaming ## Run the test suite (starts its own services)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: setup ## Run the slow suites too (large data, long streams)
+test-stream: setup streaming ## Streaming tests only (real broker + Flink mini-cluster)
+	$(BIN)/python -m pytest tests/streaming $(PYTEST_ARGS)
+
+test-slow: setup streaming ## Run the slow suites too (large data, long streams)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup ## ruff, mypy and the import-layer contracts
@@ -45,8 +58,8 @@ validate: setup ## Validate the fraud feature repo
 plan: setup ## Show what the fraud feature repo will run
 	$(BIN)/tessera plan features/fraud
 
-demo: setup ## The whole story on embedded defaults
+demo: setup streaming ## The whole story on embedded defaults
 	$(BIN)/tessera demo
 
 clean: ## Remove the virtualenvs and generated data
-	rm -rf $(VENV) .venv-flink .data build *.egg-info
+	rm -rf $(VENV) .venv-flink .tools .data build *.egg-info
