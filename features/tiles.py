@@ -18,6 +18,7 @@ direct fold of the events in the window (``features.reference``) — the propert
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,23 @@ from features.windows import LIFETIME_START_MS, align, cover, window_interval
 TILES_FORMAT = 1
 
 TileKey = tuple[int, int]  # (size_ms, start_ms)
+
+_SUFFIX = struct.Struct(">Iq")
+
+
+def tile_suffix(size_ms: int, period_start_ms: int) -> bytes:
+    """The key suffix of a stream period value (after the entity, in ``kvstore.codec.make_key``): big-endian
+    so an entity's values sort by level, then time.
+
+    >>> parse_tile_suffix(tile_suffix(60_000, 3_600_000))
+    (60000, 3600000)
+    """
+    return _SUFFIX.pack(size_ms, period_start_ms)
+
+
+def parse_tile_suffix(suffix: bytes) -> TileKey:
+    size, start = _SUFFIX.unpack(suffix)
+    return size, start
 
 
 def build_ops(gb: GroupByPlan) -> list[AggOp]:
