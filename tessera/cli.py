@@ -138,9 +138,9 @@ def demo(
     events_per_day: int = typer.Option(20_000, help="payments per day"),
 ) -> None:
     """The whole story on embedded defaults, step by step (what `make demo` runs)."""
-    from tessera.demo import run_demo
+    from tessera.demo import local_services, run_demo
 
-    run_demo(data_dir, days=days, events_per_day=events_per_day)
+    run_demo(data_dir, days=days, events_per_day=events_per_day, services=local_services)
 
 
 def main() -> None:

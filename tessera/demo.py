@@ -21,7 +21,7 @@ from rich.table import Table
 from features.compile import compile_repo
 from features.plan import Plan
 from features.reference import GroupByIndex, join_features
-from features.synthetic import generate
+from features.synthetic import Dataset, generate
 
 console = Console()
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +81,8 @@ def run_demo(
 
     with ExitStack() as stack:
         if services is not None:
-            with step(3, "Start the services"):
-                summary.update(services(stack, data_dir))
+            with step(3, "Start the broker and memcached; replay the history into Kafka"):
+                summary.update(services(stack, data_dir, dataset))
 
         with step(4, "Point-in-time features for recent payments (reference fold of the plan)"):
             sources = {"payments": payments, "labels": dataset.labels}
@@ -122,6 +122,36 @@ def run_demo(
     console.rule("[bold green]done")
     console.print(f"Everything the demo made is under {data_dir}")
     return summary
+
+
+def local_services(stack: ExitStack, data_dir: Path, dataset: Dataset) -> dict[str, Any]:
+    """Start a Kafka-protocol broker and three memcached servers on loopback (stopped when ``stack``
+    closes) and replay the payments and labels into their topics, in arrival order."""
+    from flink_jobs.broker import create_topics, start_broker
+    from flink_jobs.replay import replay
+    from kvstore.services import start_memcached_cluster
+
+    broker = start_broker(pid_file=data_dir / "services" / "broker.pid")
+    stack.callback(broker.stop)
+    memcached = start_memcached_cluster(3)
+    for server in memcached:
+        stack.callback(server.stop)
+    console.print(
+        f"   broker {broker.bootstrap} (PID {broker.pid}, ready in {broker.startup_s:.2f} s); memcached "
+        + ", ".join(f"{m.address} (PID {m.pid})" for m in memcached)
+    )
+    create_topics(broker.bootstrap, {"payments": 4, "labels": 2, "payments.late": 1, "payments.dlq": 1})
+    sent = replay(dataset.payments, "payments", broker.bootstrap, key="card_id", arrival_time="arrival_ts")
+    labels = replay(dataset.labels, "labels", broker.bootstrap, key="merchant_id")
+    console.print(
+        f"   replayed {sent.events:,} payments ({sent.events_per_s:,.0f}/s) and {labels.events:,} labels "
+        "into Kafka, keyed by entity, record time = event time"
+    )
+    return {
+        "bootstrap": broker.bootstrap,
+        "memcached": [m.address for m in memcached],
+        "replayed": sent.events,
+    }
 
 
 def _num(v: Any) -> str:
