@@ -37,8 +37,28 @@ def add(s: list[float], x: float) -> None:
     if x - x != 0.0:  # inf or nan
         s[NAN_I if x != x else (POS_I if x > 0 else NEG_I)] += 1
         return
+    n = len(s)
+    if n == P0 + 1:  # fast path: the usual single partial (two-sum with one partial, no list surgery)
+        y = s[P0]
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        if hi - hi != 0.0:
+            s[POS_I if hi > 0 else NEG_I] += 1
+            del s[P0:]
+            return
+        lo = y - (hi - x)
+        if lo:
+            s[P0] = lo
+            s.append(hi)
+        else:
+            s[P0] = hi
+        return
+    if n == P0:
+        s.append(x)
+        return
     i = P0
-    for j in range(P0, len(s)):
+    for j in range(P0, n):
         y = s[j]
         if abs(x) < abs(y):
             x, y = y, x

@@ -27,7 +27,8 @@ are known.
 
 Encodings are the sketches' own ``serialize_compact()`` / ``serialize()``, made canonical so that
 ``encode(decode(b)) == b``: HLL coupons/aux entries are sorted (:func:`canonical_hll_bytes`), KLL's level 0
-is sorted before serializing.
+is sorted before serializing. (KLL queries and ``encode`` sort level 0 in place: the IR's content does not
+change, only its internal order.)
 """
 
 from __future__ import annotations
