@@ -113,8 +113,10 @@ class Writer:
             buf.append(TAG_STR)
             self.string(v)
         else:
-            raise EncodingError(f"cannot encode a typed value of type {type(v).__name__} ({v!r}); "
-                                "supported: None, bool, int, float, str")
+            raise EncodingError(
+                f"cannot encode a typed value of type {type(v).__name__} ({v!r}); "
+                "supported: None, bool, int, float, str"
+            )
 
 
 class Reader:
@@ -135,8 +137,10 @@ class Reader:
     def done(self) -> None:
         """Raise if unread bytes remain (a payload of the wrong op or a corrupted value)."""
         if self.pos != len(self.data):
-            raise EncodingError(f"{len(self.data) - self.pos} trailing bytes after a complete payload "
-                                f"(read {self.pos} of {len(self.data)}); the payload is not of this op/version")
+            raise EncodingError(
+                f"{len(self.data) - self.pos} trailing bytes after a complete payload "
+                f"(read {self.pos} of {len(self.data)}); the payload is not of this op/version"
+            )
 
     def byte(self) -> int:
         if self.pos >= len(self.data):
@@ -174,7 +178,7 @@ class Reader:
         end = self.pos + n
         if end > len(self.data):
             raise self._truncated(f"{n} bytes")
-        out = self.data[self.pos:end]
+        out = self.data[self.pos : end]
         self.pos = end
         return out
 
@@ -232,7 +236,9 @@ def value_codec(input_type: str) -> tuple[ValueWriter, ValueReader]:
     try:
         return _CODECS[input_type]
     except KeyError:
-        raise EncodingError(f"no value codec for input type {input_type!r}; known: {sorted(_CODECS)}") from None
+        raise EncodingError(
+            f"no value codec for input type {input_type!r}; known: {sorted(_CODECS)}"
+        ) from None
 
 
 class IRCodec(Protocol):
@@ -277,11 +283,14 @@ def decode_irs(ops: Sequence[IRCodec], data: bytes) -> list[Any]:
         raise EncodingError(
             f"unknown IR container format version {version}; this build of tessera reads version "
             f"{FORMAT_VERSION}. The value was written by a different tessera version: upgrade this reader "
-            "or re-run the batch upload with this version")
+            "or re-run the batch upload with this version"
+        )
     n = r.uvarint()
     if n != len(ops):
-        raise EncodingError(f"IR container holds {n} IRs but {len(ops)} ops were given "
-                            f"({', '.join(op.name for op in ops)}); the plan does not match the stored value")
+        raise EncodingError(
+            f"IR container holds {n} IRs but {len(ops)} ops were given "
+            f"({', '.join(op.name for op in ops)}); the plan does not match the stored value"
+        )
     out = []
     for i, op in enumerate(ops):
         payload = r.raw()

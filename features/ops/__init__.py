@@ -29,8 +29,22 @@ __all__ = ["IR", "REGISTRY", "AggOp", "Bucketed", "OpError", "OpParams", "fold",
 REGISTRY: dict[str, type[AggOp]] = {
     cls.name: cls
     for cls in (
-        Count, Sum, Avg, Min, Max, Variance, Stddev, First, Last, FirstK, LastK, TopK, BottomK, Histogram,
-        ApproxUniqueCount, ApproxPercentile,
+        Count,
+        Sum,
+        Avg,
+        Min,
+        Max,
+        Variance,
+        Stddev,
+        First,
+        Last,
+        FirstK,
+        LastK,
+        TopK,
+        BottomK,
+        Histogram,
+        ApproxUniqueCount,
+        ApproxPercentile,
     )
 }
 """Op name → class, for every op."""

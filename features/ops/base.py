@@ -50,11 +50,21 @@ NUMERIC_TYPES = frozenset({"long", "int", "double", "boolean"})
 INTEGER_TYPES = frozenset({"long", "int", "boolean"})
 
 _ALIASES = {
-    "bigint": "long", "long": "long",
-    "int": "int", "integer": "int", "smallint": "int", "tinyint": "int", "short": "int", "byte": "int",
-    "double": "double", "float": "double", "real": "double",
-    "string": "string", "varchar": "string",
-    "boolean": "boolean", "bool": "boolean",
+    "bigint": "long",
+    "long": "long",
+    "int": "int",
+    "integer": "int",
+    "smallint": "int",
+    "tinyint": "int",
+    "short": "int",
+    "byte": "int",
+    "double": "double",
+    "float": "double",
+    "real": "double",
+    "string": "string",
+    "varchar": "string",
+    "boolean": "boolean",
+    "bool": "boolean",
 }
 
 DEFAULT_PERCENTILES = (0.5, 0.9, 0.99)
@@ -88,11 +98,16 @@ class OpParams:
         if self.percentiles is not None:
             ps = tuple(self.percentiles)
             if not ps:
-                raise OpError("percentiles is empty; give at least one, e.g. (0.5, 0.9, 0.99), or leave it unset")
-            bad = [p for p in ps if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0]
+                raise OpError(
+                    "percentiles is empty; give at least one, e.g. (0.5, 0.9, 0.99), or leave it unset"
+                )
+            bad = [
+                p for p in ps if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0
+            ]
             if bad:
-                raise OpError(f"percentiles must be numbers in [0, 1], got {bad!r} in {ps!r} "
-                              "(write 0.99, not 99)")
+                raise OpError(
+                    f"percentiles must be numbers in [0, 1], got {bad!r} in {ps!r} (write 0.99, not 99)"
+                )
             object.__setattr__(self, "percentiles", tuple(float(p) for p in ps))
 
 
@@ -108,8 +123,10 @@ def canonical_input_type(input_type: str) -> str:
     try:
         return _ALIASES[t]
     except KeyError:
-        raise OpError(f"unsupported input type {input_type!r}; aggregations take one of "
-                      f"{', '.join(INPUT_TYPES)} (or decimal(p,s), read as double)") from None
+        raise OpError(
+            f"unsupported input type {input_type!r}; aggregations take one of "
+            f"{', '.join(INPUT_TYPES)} (or decimal(p,s), read as double)"
+        ) from None
 
 
 def to_double(x: Any) -> float:
@@ -119,7 +136,11 @@ def to_double(x: Any) -> float:
 
 
 COERCE: dict[str, Callable[[Any], Any]] = {
-    "long": int, "int": int, "double": to_double, "string": str, "boolean": bool,
+    "long": int,
+    "int": int,
+    "double": to_double,
+    "string": str,
+    "boolean": bool,
 }
 
 
@@ -146,7 +167,9 @@ def typed_key(v: Any) -> tuple[int, Any]:
         return (3, double_key(v))
     if isinstance(v, str):
         return (4, v)
-    raise OpError(f"unsupported value type {type(v).__name__} ({v!r}); expected None, bool, int, float or str")
+    raise OpError(
+        f"unsupported value type {type(v).__name__} ({v!r}); expected None, bool, int, float or str"
+    )
 
 
 def value_key(input_type: str) -> Callable[[Any], Any] | None:
@@ -158,7 +181,12 @@ def results_close(a: Any, b: Any, atol: float = 0.0, rtol: float = FLOAT_RTOL) -
     """Structural equality of finalized results where floats may differ by ``rtol``·max(|a|,|b|) + ``atol``,
     NaN equals NaN, and ints/bools must match exactly."""
     if isinstance(a, float) or isinstance(b, float):
-        if not isinstance(a, int | float) or not isinstance(b, int | float) or isinstance(a, bool) or isinstance(b, bool):
+        if (
+            not isinstance(a, int | float)
+            or not isinstance(b, int | float)
+            or isinstance(a, bool)
+            or isinstance(b, bool)
+        ):
             return False
         fa, fb = float(a), float(b)
         if fa != fa or fb != fb:
@@ -173,7 +201,9 @@ def results_close(a: Any, b: Any, atol: float = 0.0, rtol: float = FLOAT_RTOL) -
             return False
         ka = sorted(a, key=typed_key)
         kb = sorted(b, key=typed_key)
-        return all(results_close(x, y, 0.0, 0.0) and results_close(a[x], b[y], atol, rtol) for x, y in zip(ka, kb))
+        return all(
+            results_close(x, y, 0.0, 0.0) and results_close(a[x], b[y], atol, rtol) for x, y in zip(ka, kb)
+        )
     return type(a) is type(b) and a == b
 
 
@@ -200,16 +230,28 @@ class AggOp(ABC):
         self.declared_input_type = input_type
         self.input_type = canonical_input_type(input_type)
         if self.input_type not in self.accepted_inputs:
-            raise OpError(f"{self.name} does not accept {input_type!r} input; it takes "
-                          f"{', '.join(t for t in INPUT_TYPES if t in self.accepted_inputs)}"
-                          + (". Cast the column in `selects`, e.g. CAST(x AS DOUBLE)" if self.input_type == "string" else ""))
+            raise OpError(
+                f"{self.name} does not accept {input_type!r} input; it takes "
+                f"{', '.join(t for t in INPUT_TYPES if t in self.accepted_inputs)}"
+                + (
+                    ". Cast the column in `selects`, e.g. CAST(x AS DOUBLE)"
+                    if self.input_type == "string"
+                    else ""
+                )
+            )
         if self.params.k is not None and not self.uses_k:
-            raise OpError(f"{self.name} takes no k (k={self.params.k} given); k is for first_k, last_k, top_k, bottom_k")
+            raise OpError(
+                f"{self.name} takes no k (k={self.params.k} given); k is for first_k, last_k, top_k, bottom_k"
+            )
         if self.uses_k and self.params.k is None:
-            raise OpError(f"{self.name} needs k, the number of values to keep: e.g. OpParams(k=5) / "
-                          f"Aggregation(..., Op.{self.name.upper()}, k=5)")
+            raise OpError(
+                f"{self.name} needs k, the number of values to keep: e.g. OpParams(k=5) / "
+                f"Aggregation(..., Op.{self.name.upper()}, k=5)"
+            )
         if self.params.percentiles is not None and not self.uses_percentiles:
-            raise OpError(f"{self.name} takes no percentiles (got {self.params.percentiles}); they are for approx_percentile")
+            raise OpError(
+                f"{self.name} takes no percentiles (got {self.params.percentiles}); they are for approx_percentile"
+            )
         self.coerce: Callable[[Any], Any] = COERCE[self.input_type]
         self.write_value: ValueWriter
         self.read_value: ValueReader
@@ -257,8 +299,10 @@ class AggOp(ABC):
     # ---- optional -----------------------------------------------------------------------------------
     def inverse(self, ir: IR, value: Any, ts_ms: int, tie: int) -> IR:
         """Remove one event previously added with :meth:`update` (only where ``has_inverse``)."""
-        raise OpError(f"{self.name} over {self.input_type} has no exact inverse; merge tiles instead of "
-                      "subtracting events")
+        raise OpError(
+            f"{self.name} over {self.input_type} has no exact inverse; merge tiles instead of "
+            "subtracting events"
+        )
 
     def update_many(self, ir: IR, values: Any, ts: Any, ties: Any) -> IR:
         """Add a batch of events (numpy arrays or sequences of equal length, nulls already removed).
@@ -270,7 +314,9 @@ class AggOp(ABC):
         tss = ts.tolist() if isinstance(ts, np.ndarray) else list(ts)
         tis = ties.tolist() if isinstance(ties, np.ndarray) else list(ties)
         if not len(vals) == len(tss) == len(tis):
-            raise OpError(f"update_many needs arrays of equal length, got {len(vals)}, {len(tss)}, {len(tis)}")
+            raise OpError(
+                f"update_many needs arrays of equal length, got {len(vals)}, {len(tss)}, {len(tis)}"
+            )
         for v, t, tie in zip(vals, tss, tis):
             ir = update(ir, v, t, tie)
         return ir
@@ -299,8 +345,11 @@ class AggOp(ABC):
         return hash(self._key())
 
     def __repr__(self) -> str:
-        extra = "".join(f", {f}={getattr(self.params, f)!r}" for f in ("k", "percentiles")
-                        if getattr(self.params, f) is not None)
+        extra = "".join(
+            f", {f}={getattr(self.params, f)!r}"
+            for f in ("k", "percentiles")
+            if getattr(self.params, f) is not None
+        )
         return f"{type(self).__name__}({self.input_type}{extra})"
 
 

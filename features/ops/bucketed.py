@@ -51,7 +51,9 @@ class Bucketed(AggOp):
     def init(self) -> dict[Any, IR]:
         return {}
 
-    def update_bucket(self, ir: dict[Any, IR], bucket: Any, value: Any, ts_ms: int, tie: int) -> dict[Any, IR]:
+    def update_bucket(
+        self, ir: dict[Any, IR], bucket: Any, value: Any, ts_ms: int, tie: int
+    ) -> dict[Any, IR]:
         """Add one event with a non-null ``value`` to ``bucket``."""
         inner = self.inner
         cur = ir.get(bucket)
@@ -129,5 +131,6 @@ class Bucketed(AggOp):
             for bucket, v in values:
                 if v is not None:
                     per_bucket.setdefault(bucket, []).append(v)
-        return all(self.inner.agrees(a[k], b[k], None if per_bucket is None else per_bucket.get(k, []))
-                   for k in a)
+        return all(
+            self.inner.agrees(a[k], b[k], None if per_bucket is None else per_bucket.get(k, [])) for k in a
+        )

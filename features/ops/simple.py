@@ -152,7 +152,7 @@ class Sum(AggOp):
             if has_specials:
                 for c in specials:
                     w.uvarint(c)
-            for p in s[exact_sum.P0:]:
+            for p in s[exact_sum.P0 :]:
                 w.f64(p)
         return w.getvalue()
 

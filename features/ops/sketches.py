@@ -70,7 +70,7 @@ def canonical_hll_bytes(image: bytes) -> bytes:
     body = image[start:]
     if len(body) % 4 or start > len(image):
         return image
-    return image[:start] + b"".join(sorted(body[i:i + 4] for i in range(0, len(body), 4)))
+    return image[:start] + b"".join(sorted(body[i : i + 4] for i in range(0, len(body), 4)))
 
 
 class ApproxUniqueCount(AggOp):
@@ -143,7 +143,9 @@ class ApproxPercentile(AggOp):
         ir.update(float(value))
         return ir
 
-    def update_many(self, ir: ds.kll_doubles_sketch, values: Any, ts: Any, ties: Any) -> ds.kll_doubles_sketch:
+    def update_many(
+        self, ir: ds.kll_doubles_sketch, values: Any, ts: Any, ties: Any
+    ) -> ds.kll_doubles_sketch:
         arr = np.asarray(values, dtype=np.float64)
         if len(arr):
             ir.update(arr)

@@ -125,7 +125,9 @@ def compile_row_logic(
     return RowLogic(out_schema, spark_selects, where_a.spark_sql if where_a else None, fn, source, analyzed)
 
 
-def compile_expression(sql: str, schema: Mapping[str, str], *, kind: Kind = "derivation") -> Callable[[Mapping[str, Any]], Any]:
+def compile_expression(
+    sql: str, schema: Mapping[str, str], *, kind: Kind = "derivation"
+) -> Callable[[Mapping[str, Any]], Any]:
     """Analyze ``sql`` and return ``fn(row) -> value`` (raises :class:`SqlError`).
 
     >>> f = compile_expression("ROUND(score * 100, 1)", {"score": "double"})

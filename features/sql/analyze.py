@@ -75,10 +75,23 @@ _TYPE_NAMES = {
     exp.DataType.Type.BOOLEAN: T.BOOLEAN,
     exp.DataType.Type.DATE: T.DATE,
 }
-_ARITH: dict[type, str] = {exp.Add: "add", exp.Sub: "sub", exp.Mul: "mul", exp.Div: "div",
-                                           exp.Mod: "mod", exp.IntDiv: "intdiv"}
-_CMP: dict[type, str] = {exp.EQ: "eq", exp.NEQ: "neq", exp.LT: "lt", exp.LTE: "le",
-                                         exp.GT: "gt", exp.GTE: "ge", exp.NullSafeEQ: "nseq"}
+_ARITH: dict[type, str] = {
+    exp.Add: "add",
+    exp.Sub: "sub",
+    exp.Mul: "mul",
+    exp.Div: "div",
+    exp.Mod: "mod",
+    exp.IntDiv: "intdiv",
+}
+_CMP: dict[type, str] = {
+    exp.EQ: "eq",
+    exp.NEQ: "neq",
+    exp.LT: "lt",
+    exp.LTE: "le",
+    exp.GT: "gt",
+    exp.GTE: "ge",
+    exp.NullSafeEQ: "nseq",
+}
 # sqlglot >= 30 roots its tree at exp.Expr (exp.Expression is a subclass); older versions at exp.Expression.
 _AST: type[exp.Expr] = getattr(exp, "Expr", None) or exp.Expression
 _SYNTHETIC = (exp.TsOrDsToDate, exp.TimeStrToTime, exp.TsOrDsToTimestamp)
@@ -108,7 +121,9 @@ class _Analyzer:
 
     def _parse(self) -> exp.Expr | None:
         if not self.text.strip():
-            self.problems.append(SqlProblem("empty expression", 0, len(self.text), "write a Spark SQL expression"))
+            self.problems.append(
+                SqlProblem("empty expression", 0, len(self.text), "write a Spark SQL expression")
+            )
             return None
         try:
             trees = sqlglot.parse(self.text, dialect="spark")
@@ -120,14 +135,25 @@ class _Analyzer:
             del e
             quote = max(self.text.rfind("'"), self.text.rfind('"'), self.text.rfind("`"))
             start = quote if quote >= 0 else 0
-            self.problems.append(SqlProblem(
-                "syntax error: unterminated string or quoted name", start, len(self.text),
-                "close every ' \" and ` (write a quote inside a string as \\')"))
+            self.problems.append(
+                SqlProblem(
+                    "syntax error: unterminated string or quoted name",
+                    start,
+                    len(self.text),
+                    "close every ' \" and ` (write a quote inside a string as \\')",
+                )
+            )
             return None
         real = [t for t in trees if t is not None]
         if len(real) != 1:
-            self.problems.append(SqlProblem("expected exactly one expression", 0, len(self.text),
-                                            "remove the ';' and everything after it"))
+            self.problems.append(
+                SqlProblem(
+                    "expected exactly one expression",
+                    0,
+                    len(self.text),
+                    "remove the ';' and everything after it",
+                )
+            )
             return None
         return real[0]
 
@@ -143,22 +169,39 @@ class _Analyzer:
         desc = str(err.get("description") or "invalid syntax")
         if "Required keyword" in desc:
             desc = "an operand is missing"
-        return SqlProblem(f"syntax error: {desc} near {highlight!r}", start, end,
-                          "check the expression near the underlined text (Spark SQL syntax)")
+        return SqlProblem(
+            f"syntax error: {desc} near {highlight!r}",
+            start,
+            end,
+            "check the expression near the underlined text (Spark SQL syntax)",
+        )
 
     def _check_result(self, node: Node, tree: exp.Expr) -> None:
         lo, hi = self.span(tree)
         t = node.type
         if self.kind == "where":
             if t != T.BOOLEAN:
-                self.problems.append(SqlProblem(f"a where must be boolean, this is {t}", lo, hi,
-                                                "write a predicate, e.g. x <> 0 or status = 'ok'"))
+                self.problems.append(
+                    SqlProblem(
+                        f"a where must be boolean, this is {t}",
+                        lo,
+                        hi,
+                        "write a predicate, e.g. x <> 0 or status = 'ok'",
+                    )
+                )
         elif t == T.TIMESTAMP:
-            self.problems.append(SqlProblem("a timestamp cannot be an output", lo, hi,
-                                            "output epoch ms with unix_millis(...) or text with date_format(...)"))
+            self.problems.append(
+                SqlProblem(
+                    "a timestamp cannot be an output",
+                    lo,
+                    hi,
+                    "output epoch ms with unix_millis(...) or text with date_format(...)",
+                )
+            )
         elif t == T.NULL:
-            self.problems.append(SqlProblem("the output is always NULL and has no type", lo, hi,
-                                            "write CAST(NULL AS <type>)"))
+            self.problems.append(
+                SqlProblem("the output is always NULL and has no type", lo, hi, "write CAST(NULL AS <type>)")
+            )
 
     # ---- spans --------------------------------------------------------------------------------------
     def span(self, e: exp.Expr) -> tuple[int, int]:
@@ -203,7 +246,7 @@ class _Analyzer:
             i = _back_ws(text, lo)
             if i > 0 and text[i - 1] in "!-":
                 lo = i - 1
-            elif i >= 3 and self.low[i - 3:i] == "not":
+            elif i >= 3 and self.low[i - 3 : i] == "not":
                 lo = i - 3
         self._spans[key] = (lo, hi)
         return lo, hi
@@ -233,15 +276,26 @@ class _Analyzer:
             return Node("lit", T.BOOLEAN, value=bool(e.this))
         if isinstance(e, exp.Null):
             return Node("lit", T.NULL, value=None)
-        if isinstance(e, (exp.Subquery, exp.Select, exp.Exists)) or (isinstance(e, exp.In) and e.args.get("query")):
-            return self.problem(e, "subqueries are not allowed in row logic",
-                                "compute the value in another feature, or join it as a JoinPart")
+        if isinstance(e, (exp.Subquery, exp.Select, exp.Exists)) or (
+            isinstance(e, exp.In) and e.args.get("query")
+        ):
+            return self.problem(
+                e,
+                "subqueries are not allowed in row logic",
+                "compute the value in another feature, or join it as a JoinPart",
+            )
         if isinstance(e, exp.Window):
-            return self.problem(e, "window functions are not allowed in row logic",
-                                "declare an Aggregation with windows=[...] on the GroupBy instead")
+            return self.problem(
+                e,
+                "window functions are not allowed in row logic",
+                "declare an Aggregation with windows=[...] on the GroupBy instead",
+            )
         if isinstance(e, (exp.AggFunc, exp.Filter)):
-            return self.problem(e, f"aggregate function {self._fname(e).upper()} is not allowed in row logic",
-                                "row logic maps one event; declare an Aggregation (Op.SUM, Op.COUNT, ...) instead")
+            return self.problem(
+                e,
+                f"aggregate function {self._fname(e).upper()} is not allowed in row logic",
+                "row logic maps one event; declare an Aggregation (Op.SUM, Op.COUNT, ...) instead",
+            )
         if isinstance(e, exp.Neg):
             return self._neg(e)
         if type(e) in _ARITH:
@@ -255,7 +309,9 @@ class _Analyzer:
         if isinstance(e, exp.Is):
             if isinstance(e.expression, exp.Null):
                 return Node("isnull", T.BOOLEAN, (self.visit(e.this),))
-            return self.problem(e, "IS TRUE / IS FALSE is not supported", "write x <=> TRUE or COALESCE(x, FALSE)")
+            return self.problem(
+                e, "IS TRUE / IS FALSE is not supported", "write x <=> TRUE or COALESCE(x, FALSE)"
+            )
         if isinstance(e, exp.In):
             return self._in(e)
         if isinstance(e, exp.Between):
@@ -268,8 +324,11 @@ class _Analyzer:
         if isinstance(e, exp.ILike):
             return self.problem(e, "ILIKE is not supported", "write LOWER(s) LIKE 'pattern'")
         if isinstance(e, (exp.RegexpLike, exp.RegexpILike)):
-            return self.problem(e, "RLIKE/REGEXP is not supported: Java and Python regexes differ",
-                                "use LIKE, STARTSWITH, ENDSWITH or INSTR")
+            return self.problem(
+                e,
+                "RLIKE/REGEXP is not supported: Java and Python regexes differ",
+                "use LIKE, STARTSWITH, ENDSWITH or INSTR",
+            )
         if isinstance(e, exp.Case):
             return self._case(e)
         if isinstance(e, exp.If):
@@ -283,16 +342,24 @@ class _Analyzer:
         if isinstance(e, exp.DPipe):
             return self._function(e, "concat", [e.this, e.expression])
         if isinstance(e, exp.Alias):
-            return self.problem(e, "an alias is not allowed here", "remove 'AS name'; the dict key names the output")
+            return self.problem(
+                e, "an alias is not allowed here", "remove 'AS name'; the dict key names the output"
+            )
         if isinstance(e, exp.Func):
             return self._func(e)
-        return self.problem(e, f"unsupported syntax: {e.sql(dialect='spark')[:60]}",
-                            "use columns, literals, operators, CASE, CAST and the supported functions")
+        return self.problem(
+            e,
+            f"unsupported syntax: {e.sql(dialect='spark')[:60]}",
+            "use columns, literals, operators, CASE, CAST and the supported functions",
+        )
 
     def _column(self, e: exp.Column) -> Node:
         if e.table:
-            return self.problem(e, f"qualified or nested name {e.sql(dialect='spark')!r} is not supported",
-                                f"write the column name alone: {e.name!r}")
+            return self.problem(
+                e,
+                f"qualified or nested name {e.sql(dialect='spark')!r} is not supported",
+                f"write the column name alone: {e.name!r}",
+            )
         name = e.name
         real = name if name in self.schema else self.lower_names.get(name.lower())
         if real is None:
@@ -300,8 +367,11 @@ class _Analyzer:
             if not close:
                 close = difflib.get_close_matches(name.lower(), list(self.lower_names), n=3, cutoff=0.5)
                 close = [self.lower_names[c] for c in close]
-            fix = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
-                   else f"columns are: {', '.join(sorted(self.schema))}")
+            fix = (
+                f"did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else f"columns are: {', '.join(sorted(self.schema))}"
+            )
             return self.problem(e, f"unknown column {name!r}", fix)
         if real not in self.columns:
             self.columns.append(real)
@@ -315,7 +385,7 @@ class _Analyzer:
             v = -x.value
             t = x.type
             if t.is_integral:
-                t = T.INT if -2**31 <= v < 2**31 else T.LONG
+                t = T.INT if -(2**31) <= v < 2**31 else T.LONG
             return Node("lit", t, value=v)
         if not (x.type.is_numeric or x.type == T.NULL):
             return self.problem(e, f"cannot negate a {x.type}", "negate a number")
@@ -341,8 +411,11 @@ class _Analyzer:
             ta = tb = T.INT if op != "div" else T.DOUBLE
         if op == "intdiv":
             if not (ta.is_integral and tb.is_integral):
-                return self.problem(e, f"'div' needs integers, got {a.type} and {b.type}",
-                                    "CAST both sides AS BIGINT, or use / for a fractional result")
+                return self.problem(
+                    e,
+                    f"'div' needs integers, got {a.type} and {b.type}",
+                    "CAST both sides AS BIGINT, or use / for a fractional result",
+                )
             return Node(op, T.LONG, (cast(a, T.LONG), cast(b, T.LONG)))
         if T.DOUBLE in (ta, tb) or (op == "div" and ta.is_integral and tb.is_integral):
             return Node(op, T.DOUBLE, (cast(a, T.DOUBLE), cast(b, T.DOUBLE)))
@@ -359,8 +432,11 @@ class _Analyzer:
             return Node(op, T.BOOLEAN, (cast(a, T.DATE), cast(b, T.DATE)))
         t = T.wider(a.type, b.type)
         if t is None:
-            return self.problem(e, f"cannot compare {a.type} with {b.type}",
-                                "CAST one side, e.g. CAST(x AS STRING) or CAST(s AS BIGINT)")
+            return self.problem(
+                e,
+                f"cannot compare {a.type} with {b.type}",
+                "CAST one side, e.g. CAST(x AS STRING) or CAST(s AS BIGINT)",
+            )
         if t == T.NULL:
             t = T.BOOLEAN
         return Node(op, T.BOOLEAN, (cast(a, t), cast(b, t)))
@@ -444,15 +520,21 @@ class _Analyzer:
         default = self.visit(e.args["default"]) if e.args.get("default") is not None else None
         return self._branches(e, list(zip(conds, results)), default, pairs)
 
-    def _if_chain(self, e: exp.Expr, whens: list[tuple[exp.Expr, exp.Expr]],
-                  default: exp.Expr | None) -> Node:
+    def _if_chain(
+        self, e: exp.Expr, whens: list[tuple[exp.Expr, exp.Expr]], default: exp.Expr | None
+    ) -> Node:
         conds = [self._bool_arg(c, "IF") for c, _ in whens]
         results = [self.visit(r) for _, r in whens]
         d = self.visit(default) if default is not None else None
         return self._branches(e, list(zip(conds, results)), d, [])
 
-    def _branches(self, e: exp.Expr, pairs: list[tuple[Node, Node]], default: Node | None,
-                  _unused: list[tuple[Node, Node]]) -> Node:
+    def _branches(
+        self,
+        e: exp.Expr,
+        pairs: list[tuple[Node, Node]],
+        default: Node | None,
+        _unused: list[tuple[Node, Node]],
+    ) -> Node:
         outs = [r for _, r in pairs] + ([default] if default is not None else [])
         if any(n.type == T.ERROR for n in outs) or any(c.type == T.ERROR for c, _ in pairs):
             return ERR
@@ -493,15 +575,21 @@ class _Analyzer:
         to = e.args["to"]
         t = self._datatype(to)
         if t is None:
-            return self.problem(e, f"CAST to {to.sql(dialect='spark')} is not supported",
-                                "cast to BIGINT, INT, DOUBLE, STRING, BOOLEAN, DECIMAL(p,s) or DATE")
+            return self.problem(
+                e,
+                f"CAST to {to.sql(dialect='spark')} is not supported",
+                "cast to BIGINT, INT, DOUBLE, STRING, BOOLEAN, DECIMAL(p,s) or DATE",
+            )
         if x.type == T.ERROR:
             return ERR
         if x.type == T.NULL or x.type == t:
             return cast(x, t) if x.type == T.NULL else x
         if (x.type.name, t.name) not in CASTS:
-            return self.problem(e, f"CAST from {x.type} to {t} is not supported",
-                                "for time use timestamp_millis / unix_millis / to_date / date_format")
+            return self.problem(
+                e,
+                f"CAST from {x.type} to {t} is not supported",
+                "for time use timestamp_millis / unix_millis / to_date / date_format",
+            )
         return Node("cast", t, (x,))
 
     def _datatype(self, dt: exp.DataType) -> SqlType | None:
@@ -518,7 +606,7 @@ class _Analyzer:
 
     def _fname(self, e: exp.Expr) -> str:
         if "start" in e.meta:
-            return self.text[e.meta["start"]:e.meta["end"] + 1].lower()
+            return self.text[e.meta["start"] : e.meta["end"] + 1].lower()
         if isinstance(e, exp.Anonymous):
             return str(e.this).lower()
         return (e.sql_name() if isinstance(e, exp.Func) else type(e).__name__).lower()
@@ -526,13 +614,19 @@ class _Analyzer:
     def _func(self, e: exp.Func) -> Node:
         name = self._fname(e)
         if name in NON_DETERMINISTIC or isinstance(e, _NONDET_CLASSES):
-            return self.problem(e, f"{name.upper()} is not deterministic: stream, batch and backfill would disagree",
-                                "pass the value in as a column of the event (e.g. the event's ts)")
+            return self.problem(
+                e,
+                f"{name.upper()} is not deterministic: stream, batch and backfill would disagree",
+                "pass the value in as a column of the event (e.g. the event's ts)",
+            )
         spec = FUNCTIONS.get(name)
         if spec is None:
             close = difflib.get_close_matches(name, list(FUNCTIONS), n=4, cutoff=0.5)
-            fix = (f"supported functions with similar names: {', '.join(close)}" if close
-                   else "see features.sql.functions.FUNCTIONS for the supported list")
+            fix = (
+                f"supported functions with similar names: {', '.join(close)}"
+                if close
+                else "see features.sql.functions.FUNCTIONS for the supported list"
+            )
             if name == "log":
                 fix = "use ln(x) or log10(x)"
             elif name in ("locate", "position", "strpos"):
@@ -584,9 +678,16 @@ class _Analyzer:
         spec = FUNCTIONS[name]
         n = len(raw_args)
         if n < spec.min_args or (spec.max_args is not None and n > spec.max_args):
-            want = (f"{spec.min_args}" if spec.min_args == spec.max_args
-                    else f"{spec.min_args} to {spec.max_args}" if spec.max_args else f"at least {spec.min_args}")
-            return self.problem(e, f"{name.upper()} takes {want} arguments, got {n}", f"{name.upper()}: {spec.doc}")
+            want = (
+                f"{spec.min_args}"
+                if spec.min_args == spec.max_args
+                else f"{spec.min_args} to {spec.max_args}"
+                if spec.max_args
+                else f"at least {spec.min_args}"
+            )
+            return self.problem(
+                e, f"{name.upper()} takes {want} arguments, got {n}", f"{name.upper()}: {spec.doc}"
+            )
         args = [self.visit(a) for a in raw_args]
         if any(a.type == T.ERROR for a in args):
             return ERR
@@ -628,9 +729,9 @@ def _literal(e: exp.Literal) -> Node:
         digits = len(d.as_tuple().digits)
         return Node("lit", SqlType("decimal", max(digits, scale, 1), scale), value=d)
     v = int(text)
-    if -2**31 <= v < 2**31:
+    if -(2**31) <= v < 2**31:
         return Node("lit", T.INT, value=v)
-    if -2**63 <= v < 2**63:
+    if -(2**63) <= v < 2**63:
         return Node("lit", T.LONG, value=v)
     return Node("lit", SqlType("decimal", min(len(text), 38), 0), value=Decimal(v))
 

@@ -48,7 +48,9 @@ class FunctionSpec:
 def _numeric(n: Node, what: str) -> Node:
     if n.type.is_numeric or n.type in (T.NULL, T.ERROR):
         return n
-    raise Reject(f"{what} needs a number, got {n.type}", "CAST the argument to a number, e.g. CAST(x AS DOUBLE)")
+    raise Reject(
+        f"{what} needs a number, got {n.type}", "CAST the argument to a number, e.g. CAST(x AS DOUBLE)"
+    )
 
 
 def _to_double(n: Node, what: str) -> Node:
@@ -175,7 +177,11 @@ def _concat(args: list[Node]) -> tuple[SqlType, list[Node], Any]:
 
 
 def _concat_ws(args: list[Node]) -> tuple[SqlType, list[Node], Any]:
-    return T.STRING, [_str_only(args[0], "concat_ws separator")] + [_to_str(a, "concat_ws") for a in args[1:]], None
+    return (
+        T.STRING,
+        [_str_only(args[0], "concat_ws separator")] + [_to_str(a, "concat_ws") for a in args[1:]],
+        None,
+    )
 
 
 def _timestamp_millis(args: list[Node]) -> tuple[SqlType, list[Node], Any]:
@@ -205,15 +211,27 @@ def _date_part(name: str) -> Typer:
 
 def _to_date_fn(args: list[Node]) -> tuple[SqlType, list[Node], Any]:
     if len(args) > 1:
-        raise Reject("to_date with a format is not supported", "use to_date(x) on 'yyyy-MM-dd' text or a timestamp")
+        raise Reject(
+            "to_date with a format is not supported", "use to_date(x) on 'yyyy-MM-dd' text or a timestamp"
+        )
     x = args[0]
     if x.type in (T.STRING, T.DATE, T.TIMESTAMP, T.NULL, T.ERROR):
         return T.DATE, [cast(x, T.DATE)], None
-    raise Reject(f"to_date needs a string, date or timestamp, got {x.type}", "use to_date(timestamp_millis(ts_ms))")
+    raise Reject(
+        f"to_date needs a string, date or timestamp, got {x.type}", "use to_date(timestamp_millis(ts_ms))"
+    )
 
 
-DATE_FORMAT_LETTERS = {"y": (2, 4), "M": (1, 4), "d": (1, 2), "H": (1, 2), "m": (1, 2), "s": (1, 2),
-                       "S": (1, 6), "E": (1, 4)}
+DATE_FORMAT_LETTERS = {
+    "y": (2, 4),
+    "M": (1, 4),
+    "d": (1, 2),
+    "H": (1, 2),
+    "m": (1, 2),
+    "s": (1, 2),
+    "S": (1, 6),
+    "E": (1, 4),
+}
 _PATTERN_TOKEN = re.compile(r"'[^']*'|([A-Za-z])\1*|[^A-Za-z']+")
 
 
@@ -249,7 +267,9 @@ def parse_date_pattern(pattern: str) -> tuple[tuple[str, str], ...]:
 def _date_format(args: list[Node]) -> tuple[SqlType, list[Node], Any]:
     pat = args[1]
     if pat.op != "lit" or pat.type != T.STRING or pat.value is None:
-        raise Reject("date_format's pattern must be a string literal", "write the pattern inline, e.g. 'yyyy-MM-dd'")
+        raise Reject(
+            "date_format's pattern must be a string literal", "write the pattern inline, e.g. 'yyyy-MM-dd'"
+        )
     return T.STRING, [_to_ts(args[0], "date_format"), pat], parse_date_pattern(pat.value)
 
 
@@ -257,7 +277,11 @@ def _split_part(args: list[Node]) -> tuple[SqlType, list[Node], Any]:
     idx = args[2]
     if idx.op == "lit" and idx.value == 0:
         raise Reject("split_part's part index must not be 0", "use 1 for the first part, -1 for the last")
-    return T.STRING, [_str_only(args[0], "split_part"), _str_only(args[1], "split_part"), _to_int(idx, "split_part")], None
+    return (
+        T.STRING,
+        [_str_only(args[0], "split_part"), _str_only(args[1], "split_part"), _to_int(idx, "split_part")],
+        None,
+    )
 
 
 # ---- Python emitters -----------------------------------------------------------------------------------
@@ -312,85 +336,341 @@ def _add(names: Sequence[str], spec: FunctionSpec) -> None:
 
 
 _add(["abs"], FunctionSpec("ABS", 1, 1, _abs, _abs_py, "absolute value; int/long wrap at MIN_VALUE"))
-_add(["round"], FunctionSpec("ROUND", 1, 2, _round(False), _round_py, "ROUND(x[, d]) HALF_UP (not banker's)",
-                             spark=_round_spark("ROUND")))
-_add(["bround"], FunctionSpec("BROUND", 1, 2, _round(True), _round_py, "BROUND(x[, d]) HALF_EVEN",
-                              spark=_round_spark("BROUND")))
-_add(["floor"], FunctionSpec("FLOOR", 1, 1, _floor_ceil("floor"), _floor_py(False), "FLOOR(x) -> long (decimal stays decimal)"))
+_add(
+    ["round"],
+    FunctionSpec(
+        "ROUND",
+        1,
+        2,
+        _round(False),
+        _round_py,
+        "ROUND(x[, d]) HALF_UP (not banker's)",
+        spark=_round_spark("ROUND"),
+    ),
+)
+_add(
+    ["bround"],
+    FunctionSpec(
+        "BROUND", 1, 2, _round(True), _round_py, "BROUND(x[, d]) HALF_EVEN", spark=_round_spark("BROUND")
+    ),
+)
+_add(
+    ["floor"],
+    FunctionSpec(
+        "FLOOR", 1, 1, _floor_ceil("floor"), _floor_py(False), "FLOOR(x) -> long (decimal stays decimal)"
+    ),
+)
 _add(["ceil", "ceiling"], FunctionSpec("CEIL", 1, 1, _floor_ceil("ceil"), _floor_py(True), "CEIL(x) -> long"))
-_add(["greatest"], FunctionSpec("GREATEST", 2, None, _extreme("greatest"), _extreme_py("greatest"),
-                                "largest non-NULL argument", strict=False))
-_add(["least"], FunctionSpec("LEAST", 2, None, _extreme("least"), _extreme_py("least"),
-                             "smallest non-NULL argument", strict=False))
-_add(["pow", "power"], FunctionSpec("POWER", 2, 2, _double_fn("power", 2), _call("_rt.java_pow"), "x^y as double"))
-_add(["sqrt"], FunctionSpec("SQRT", 1, 1, _double_fn("sqrt"), _call("_rt.java_sqrt"), "square root; NaN below 0"))
-_add(["ln"], FunctionSpec("LN", 1, 1, _double_fn("ln"), _call("_rt.spark_ln"), "natural log; NULL for x <= 0"))
-_add(["log10"], FunctionSpec("LOG10", 1, 1, _double_fn("log10"), _call("_rt.spark_log10"), "log base 10; NULL for x <= 0"))
+_add(
+    ["greatest"],
+    FunctionSpec(
+        "GREATEST",
+        2,
+        None,
+        _extreme("greatest"),
+        _extreme_py("greatest"),
+        "largest non-NULL argument",
+        strict=False,
+    ),
+)
+_add(
+    ["least"],
+    FunctionSpec(
+        "LEAST", 2, None, _extreme("least"), _extreme_py("least"), "smallest non-NULL argument", strict=False
+    ),
+)
+_add(
+    ["pow", "power"],
+    FunctionSpec("POWER", 2, 2, _double_fn("power", 2), _call("_rt.java_pow"), "x^y as double"),
+)
+_add(
+    ["sqrt"],
+    FunctionSpec("SQRT", 1, 1, _double_fn("sqrt"), _call("_rt.java_sqrt"), "square root; NaN below 0"),
+)
+_add(
+    ["ln"], FunctionSpec("LN", 1, 1, _double_fn("ln"), _call("_rt.spark_ln"), "natural log; NULL for x <= 0")
+)
+_add(
+    ["log10"],
+    FunctionSpec(
+        "LOG10", 1, 1, _double_fn("log10"), _call("_rt.spark_log10"), "log base 10; NULL for x <= 0"
+    ),
+)
 _add(["exp"], FunctionSpec("EXP", 1, 1, _double_fn("exp"), _call("_rt.java_exp"), "e^x"))
-_add(["sign", "signum"], FunctionSpec("SIGNUM", 1, 1, _double_fn("signum"), _call("_rt.signum"), "-1.0, 0.0 or 1.0"))
-_add(["lower", "lcase"], FunctionSpec("LOWER", 1, 1, _strings(T.STRING, _to_str, name="lower"),
-                                      lambda a, n: f"{a[0]}.lower()", "lower case"))
-_add(["upper", "ucase"], FunctionSpec("UPPER", 1, 1, _strings(T.STRING, _to_str, name="upper"),
-                                      lambda a, n: f"{a[0]}.upper()", "upper case"))
-_add(["length", "char_length", "character_length"],
-     FunctionSpec("LENGTH", 1, 1, _strings(T.INT, _to_str, name="length"), _call("len"), "characters (code points)"))
-_add(["substring", "substr"], FunctionSpec(
-    "SUBSTRING", 2, 3, _strings(T.STRING, _to_str, _to_int, _to_int, name="substring"), _call("_rt.substring"),
-    "SUBSTRING(s, pos[, len]): 1-based, negative pos from the end"))
-_add(["concat"], FunctionSpec("CONCAT", 1, None, _concat, lambda a, n: " + ".join(a) if len(a) > 1 else a[0],
-                              "NULL if any argument is NULL"))
-_add(["concat_ws"], FunctionSpec("CONCAT_WS", 1, None, _concat_ws,
-                                 lambda a, n: f"_rt.concat_ws({a[0]}, ({''.join(x + ', ' for x in a[1:])}))",
-                                 "CONCAT_WS(sep, ...) skips NULL arguments", strict=False))
-_add(["trim"], FunctionSpec("TRIM", 1, 1, _strings(T.STRING, _to_str, name="trim"),
-                            lambda a, n: f"{a[0]}.strip(' ')", "removes leading/trailing spaces (only ' ')"))
-_add(["ltrim"], FunctionSpec("LTRIM", 1, 1, _strings(T.STRING, _to_str, name="ltrim"),
-                             lambda a, n: f"{a[0]}.lstrip(' ')", "removes leading spaces"))
-_add(["rtrim"], FunctionSpec("RTRIM", 1, 1, _strings(T.STRING, _to_str, name="rtrim"),
-                             lambda a, n: f"{a[0]}.rstrip(' ')", "removes trailing spaces"))
-_add(["replace"], FunctionSpec("REPLACE", 2, 3, _strings(T.STRING, _to_str, _to_str, _to_str, name="replace"),
-                               lambda a, n: f"_rt.replace({a[0]}, {a[1]}, {a[2] if len(a) > 2 else repr('')})",
-                               "REPLACE(s, search[, replacement])"))
-_add(["lpad"], FunctionSpec("LPAD", 2, 3, _strings(T.STRING, _to_str, _to_int, _to_str, name="lpad"),
-                            lambda a, n: f"_rt.lpad({a[0]}, {a[1]}, {a[2] if len(a) > 2 else repr(' ')})",
-                            "LPAD(s, len[, pad=' '])"))
-_add(["rpad"], FunctionSpec("RPAD", 2, 3, _strings(T.STRING, _to_str, _to_int, _to_str, name="rpad"),
-                            lambda a, n: f"_rt.rpad({a[0]}, {a[1]}, {a[2] if len(a) > 2 else repr(' ')})",
-                            "RPAD(s, len[, pad=' '])"))
-_add(["instr"], FunctionSpec("INSTR", 2, 2, _strings(T.INT, _to_str, _to_str, name="instr"),
-                             lambda a, n: f"({a[0]}.find({a[1]}) + 1)", "1-based position of a substring, 0 if absent"))
-_add(["left"], FunctionSpec("LEFT", 2, 2, _strings(T.STRING, _to_str, _to_int, name="left"), _call("_rt.left"),
-                            "first n characters"))
-_add(["right"], FunctionSpec("RIGHT", 2, 2, _strings(T.STRING, _to_str, _to_int, name="right"), _call("_rt.right"),
-                             "last n characters"))
-_add(["startswith"], FunctionSpec("STARTSWITH", 2, 2, _strings(T.BOOLEAN, _str_only, _str_only, name="startswith"),
-                                  lambda a, n: f"{a[0]}.startswith({a[1]})", "prefix test"))
-_add(["endswith"], FunctionSpec("ENDSWITH", 2, 2, _strings(T.BOOLEAN, _str_only, _str_only, name="endswith"),
-                                lambda a, n: f"{a[0]}.endswith({a[1]})", "suffix test"))
-_add(["split_part"], FunctionSpec("SPLIT_PART", 3, 3, _split_part, _call("_rt.split_part"),
-                                  "SPLIT_PART(s, delim, n): n-th part (1-based, negative from the end)"))
-_add(["timestamp_millis"], FunctionSpec("TIMESTAMP_MILLIS", 1, 1, _timestamp_millis, lambda a, n: f"({a[0]} * 1000)",
-                                        "epoch milliseconds -> timestamp (UTC)"))
-_add(["unix_millis"], FunctionSpec("UNIX_MILLIS", 1, 1, _unix_millis, lambda a, n: f"({a[0]} // 1000)",
-                                   "timestamp -> epoch milliseconds"))
-_add(["hour"], FunctionSpec("HOUR", 1, 1, _ts_part("hour"), lambda a, n: f"({a[0]} // 3600000000 % 24)", "0-23, UTC"))
-_add(["minute"], FunctionSpec("MINUTE", 1, 1, _ts_part("minute"), lambda a, n: f"({a[0]} // 60000000 % 60)", "0-59"))
-_add(["second"], FunctionSpec("SECOND", 1, 1, _ts_part("second"), lambda a, n: f"({a[0]} // 1000000 % 60)", "0-59"))
+_add(
+    ["sign", "signum"],
+    FunctionSpec("SIGNUM", 1, 1, _double_fn("signum"), _call("_rt.signum"), "-1.0, 0.0 or 1.0"),
+)
+_add(
+    ["lower", "lcase"],
+    FunctionSpec(
+        "LOWER", 1, 1, _strings(T.STRING, _to_str, name="lower"), lambda a, n: f"{a[0]}.lower()", "lower case"
+    ),
+)
+_add(
+    ["upper", "ucase"],
+    FunctionSpec(
+        "UPPER", 1, 1, _strings(T.STRING, _to_str, name="upper"), lambda a, n: f"{a[0]}.upper()", "upper case"
+    ),
+)
+_add(
+    ["length", "char_length", "character_length"],
+    FunctionSpec(
+        "LENGTH", 1, 1, _strings(T.INT, _to_str, name="length"), _call("len"), "characters (code points)"
+    ),
+)
+_add(
+    ["substring", "substr"],
+    FunctionSpec(
+        "SUBSTRING",
+        2,
+        3,
+        _strings(T.STRING, _to_str, _to_int, _to_int, name="substring"),
+        _call("_rt.substring"),
+        "SUBSTRING(s, pos[, len]): 1-based, negative pos from the end",
+    ),
+)
+_add(
+    ["concat"],
+    FunctionSpec(
+        "CONCAT",
+        1,
+        None,
+        _concat,
+        lambda a, n: " + ".join(a) if len(a) > 1 else a[0],
+        "NULL if any argument is NULL",
+    ),
+)
+_add(
+    ["concat_ws"],
+    FunctionSpec(
+        "CONCAT_WS",
+        1,
+        None,
+        _concat_ws,
+        lambda a, n: f"_rt.concat_ws({a[0]}, ({''.join(x + ', ' for x in a[1:])}))",
+        "CONCAT_WS(sep, ...) skips NULL arguments",
+        strict=False,
+    ),
+)
+_add(
+    ["trim"],
+    FunctionSpec(
+        "TRIM",
+        1,
+        1,
+        _strings(T.STRING, _to_str, name="trim"),
+        lambda a, n: f"{a[0]}.strip(' ')",
+        "removes leading/trailing spaces (only ' ')",
+    ),
+)
+_add(
+    ["ltrim"],
+    FunctionSpec(
+        "LTRIM",
+        1,
+        1,
+        _strings(T.STRING, _to_str, name="ltrim"),
+        lambda a, n: f"{a[0]}.lstrip(' ')",
+        "removes leading spaces",
+    ),
+)
+_add(
+    ["rtrim"],
+    FunctionSpec(
+        "RTRIM",
+        1,
+        1,
+        _strings(T.STRING, _to_str, name="rtrim"),
+        lambda a, n: f"{a[0]}.rstrip(' ')",
+        "removes trailing spaces",
+    ),
+)
+_add(
+    ["replace"],
+    FunctionSpec(
+        "REPLACE",
+        2,
+        3,
+        _strings(T.STRING, _to_str, _to_str, _to_str, name="replace"),
+        lambda a, n: f"_rt.replace({a[0]}, {a[1]}, {a[2] if len(a) > 2 else repr('')})",
+        "REPLACE(s, search[, replacement])",
+    ),
+)
+_add(
+    ["lpad"],
+    FunctionSpec(
+        "LPAD",
+        2,
+        3,
+        _strings(T.STRING, _to_str, _to_int, _to_str, name="lpad"),
+        lambda a, n: f"_rt.lpad({a[0]}, {a[1]}, {a[2] if len(a) > 2 else repr(' ')})",
+        "LPAD(s, len[, pad=' '])",
+    ),
+)
+_add(
+    ["rpad"],
+    FunctionSpec(
+        "RPAD",
+        2,
+        3,
+        _strings(T.STRING, _to_str, _to_int, _to_str, name="rpad"),
+        lambda a, n: f"_rt.rpad({a[0]}, {a[1]}, {a[2] if len(a) > 2 else repr(' ')})",
+        "RPAD(s, len[, pad=' '])",
+    ),
+)
+_add(
+    ["instr"],
+    FunctionSpec(
+        "INSTR",
+        2,
+        2,
+        _strings(T.INT, _to_str, _to_str, name="instr"),
+        lambda a, n: f"({a[0]}.find({a[1]}) + 1)",
+        "1-based position of a substring, 0 if absent",
+    ),
+)
+_add(
+    ["left"],
+    FunctionSpec(
+        "LEFT",
+        2,
+        2,
+        _strings(T.STRING, _to_str, _to_int, name="left"),
+        _call("_rt.left"),
+        "first n characters",
+    ),
+)
+_add(
+    ["right"],
+    FunctionSpec(
+        "RIGHT",
+        2,
+        2,
+        _strings(T.STRING, _to_str, _to_int, name="right"),
+        _call("_rt.right"),
+        "last n characters",
+    ),
+)
+_add(
+    ["startswith"],
+    FunctionSpec(
+        "STARTSWITH",
+        2,
+        2,
+        _strings(T.BOOLEAN, _str_only, _str_only, name="startswith"),
+        lambda a, n: f"{a[0]}.startswith({a[1]})",
+        "prefix test",
+    ),
+)
+_add(
+    ["endswith"],
+    FunctionSpec(
+        "ENDSWITH",
+        2,
+        2,
+        _strings(T.BOOLEAN, _str_only, _str_only, name="endswith"),
+        lambda a, n: f"{a[0]}.endswith({a[1]})",
+        "suffix test",
+    ),
+)
+_add(
+    ["split_part"],
+    FunctionSpec(
+        "SPLIT_PART",
+        3,
+        3,
+        _split_part,
+        _call("_rt.split_part"),
+        "SPLIT_PART(s, delim, n): n-th part (1-based, negative from the end)",
+    ),
+)
+_add(
+    ["timestamp_millis"],
+    FunctionSpec(
+        "TIMESTAMP_MILLIS",
+        1,
+        1,
+        _timestamp_millis,
+        lambda a, n: f"({a[0]} * 1000)",
+        "epoch milliseconds -> timestamp (UTC)",
+    ),
+)
+_add(
+    ["unix_millis"],
+    FunctionSpec(
+        "UNIX_MILLIS", 1, 1, _unix_millis, lambda a, n: f"({a[0]} // 1000)", "timestamp -> epoch milliseconds"
+    ),
+)
+_add(
+    ["hour"],
+    FunctionSpec("HOUR", 1, 1, _ts_part("hour"), lambda a, n: f"({a[0]} // 3600000000 % 24)", "0-23, UTC"),
+)
+_add(
+    ["minute"],
+    FunctionSpec("MINUTE", 1, 1, _ts_part("minute"), lambda a, n: f"({a[0]} // 60000000 % 60)", "0-59"),
+)
+_add(
+    ["second"],
+    FunctionSpec("SECOND", 1, 1, _ts_part("second"), lambda a, n: f"({a[0]} // 1000000 % 60)", "0-59"),
+)
 _add(["year"], FunctionSpec("YEAR", 1, 1, _date_part("year"), _call("_rt.year"), "calendar year (UTC)"))
 _add(["month"], FunctionSpec("MONTH", 1, 1, _date_part("month"), _call("_rt.month"), "1-12"))
-_add(["dayofmonth", "day"], FunctionSpec("DAYOFMONTH", 1, 1, _date_part("dayofmonth"), _call("_rt.dayofmonth"), "1-31"))
-_add(["dayofweek"], FunctionSpec("DAYOFWEEK", 1, 1, _date_part("dayofweek"), _call("_rt.dayofweek"), "1 = Sunday .. 7 = Saturday"))
-_add(["to_date"], FunctionSpec("TO_DATE", 1, 2, _to_date_fn, lambda a, n: a[0], "string/timestamp -> date",
-                               spark=lambda a, n: f"TO_DATE({a[0]})"))
-_add(["date_format"], FunctionSpec(
-    "DATE_FORMAT", 2, 2, _date_format, lambda a, n: f"_rt.format_ts({a[0]}, {n.value[1]!r})",
-    "DATE_FORMAT(ts, 'pattern') with letters y M d H m s S E and quoted text"))
+_add(
+    ["dayofmonth", "day"],
+    FunctionSpec("DAYOFMONTH", 1, 1, _date_part("dayofmonth"), _call("_rt.dayofmonth"), "1-31"),
+)
+_add(
+    ["dayofweek"],
+    FunctionSpec(
+        "DAYOFWEEK", 1, 1, _date_part("dayofweek"), _call("_rt.dayofweek"), "1 = Sunday .. 7 = Saturday"
+    ),
+)
+_add(
+    ["to_date"],
+    FunctionSpec(
+        "TO_DATE",
+        1,
+        2,
+        _to_date_fn,
+        lambda a, n: a[0],
+        "string/timestamp -> date",
+        spark=lambda a, n: f"TO_DATE({a[0]})",
+    ),
+)
+_add(
+    ["date_format"],
+    FunctionSpec(
+        "DATE_FORMAT",
+        2,
+        2,
+        _date_format,
+        lambda a, n: f"_rt.format_ts({a[0]}, {n.value[1]!r})",
+        "DATE_FORMAT(ts, 'pattern') with letters y M d H m s S E and quoted text",
+    ),
+)
 
-NON_DETERMINISTIC = frozenset({
-    "rand", "randn", "random", "uuid", "now", "current_timestamp", "current_date", "localtimestamp",
-    "current_timezone", "shuffle", "monotonically_increasing_id", "spark_partition_id", "input_file_name",
-    "unix_timestamp", "curdate", "randstr", "uniform",
-})
+NON_DETERMINISTIC = frozenset(
+    {
+        "rand",
+        "randn",
+        "random",
+        "uuid",
+        "now",
+        "current_timestamp",
+        "current_date",
+        "localtimestamp",
+        "current_timezone",
+        "shuffle",
+        "monotonically_increasing_id",
+        "spark_partition_id",
+        "input_file_name",
+        "unix_timestamp",
+        "curdate",
+        "randstr",
+        "uniform",
+    }
+)
 
 
 def like_pattern_check(pattern: str, escape: str) -> str:

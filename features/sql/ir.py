@@ -35,7 +35,7 @@ def cast(node: Node, to: SqlType) -> Node:
     if node.op == "lit" and node.type.is_integral:
         # Lossless conversions of integer literals are folded (Spark's result is the same value).
         v = int(node.value)
-        if to.name == "long" or (to.name == "int" and -2**31 <= v < 2**31):
+        if to.name == "long" or (to.name == "int" and -(2**31) <= v < 2**31):
             return Node("lit", to, value=v, span=node.span)
         if to.name == "double" and abs(v) <= 2**53:
             return Node("lit", to, value=float(v), span=node.span)

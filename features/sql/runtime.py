@@ -292,8 +292,15 @@ _DEC_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _DATE_RE = re.compile(r"(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[ T].*)?)?)?", re.DOTALL)
 _TRUE = frozenset(("t", "true", "y", "yes", "1"))
 _FALSE = frozenset(("f", "false", "n", "no", "0"))
-_SPECIAL = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
-            "-inf": -math.inf, "-infinity": -math.inf, "nan": math.nan}
+_SPECIAL = {
+    "inf": math.inf,
+    "+inf": math.inf,
+    "infinity": math.inf,
+    "+infinity": math.inf,
+    "-inf": -math.inf,
+    "-infinity": -math.inf,
+    "nan": math.nan,
+}
 
 
 def str_to_long(s: str, bits: int) -> int | None:
@@ -353,7 +360,7 @@ def substring(s: str, pos: int, length: int = 2147483647) -> str:
     start = max(start, 0)
     if start >= end:
         return ""
-    return s[start:min(end, n)]
+    return s[start : min(end, n)]
 
 
 def left(s: str, n: int) -> str:
@@ -396,7 +403,7 @@ def in_list(x: Any, items: Sequence[Any], is_double: bool) -> bool | None:
     for v in items:
         if v is None:
             has_null = True
-        elif (d_eq(x, v) if is_double else x == v):
+        elif d_eq(x, v) if is_double else x == v:
             return True
     return None if has_null else False
 
@@ -422,7 +429,9 @@ def like_regex(pattern: str, escape: str = "\\") -> re.Pattern[str]:
         if c == escape:
             i += 1
             if i >= len(pattern) or pattern[i] not in ("_", "%", escape):
-                raise ValueError(f"the escape character {escape!r} must be followed by '_', '%' or itself in {pattern!r}")
+                raise ValueError(
+                    f"the escape character {escape!r} must be followed by '_', '%' or itself in {pattern!r}"
+                )
             out.append(re.escape(pattern[i]))
         elif c == "_":
             out.append(".")
@@ -474,8 +483,20 @@ def date_str(days: int) -> str:
 _DOW = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _DOW_FULL = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MON = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_MON_FULL = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-             "October", "November", "December")
+_MON_FULL = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 
 def format_ts(us: int, parts: tuple[tuple[str, str], ...]) -> str:

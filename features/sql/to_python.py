@@ -34,37 +34,40 @@ for _i in ("int", "long"):
     CASTS[(_i, "decimal")] = lambda a, t: f"_rt.dec_fit(_Decimal({a}), {_ps(t)})"
     CASTS[(_i, "string")] = lambda a, t: f"str({a})"
     CASTS[(_i, "boolean")] = lambda a, t: f"({a} != 0)"
-CASTS.update({
-    ("double", "int"): lambda a, t: f"_rt.d2i({a}, 32)",
-    ("double", "long"): lambda a, t: f"_rt.d2i({a}, 64)",
-    ("double", "decimal"): lambda a, t: f"_rt.dec_from_float({a}, {_ps(t)})",
-    ("double", "string"): lambda a, t: f"_rt.java_double_str({a})",
-    ("double", "boolean"): lambda a, t: f"({a} != 0.0)",
-    ("decimal", "int"): lambda a, t: f"_rt.dec_to_long({a}, 32)",
-    ("decimal", "long"): lambda a, t: f"_rt.dec_to_long({a}, 64)",
-    ("decimal", "double"): lambda a, t: f"float({a})",
-    ("decimal", "decimal"): lambda a, t: f"_rt.dec_fit({a}, {_ps(t)})",
-    ("decimal", "string"): lambda a, t: f"_rt.dec_str({a})",
-    ("decimal", "boolean"): lambda a, t: f"({a} != 0)",
-    ("string", "int"): lambda a, t: f"_rt.str_to_long({a}, 32)",
-    ("string", "long"): lambda a, t: f"_rt.str_to_long({a}, 64)",
-    ("string", "double"): lambda a, t: f"_rt.str_to_double({a})",
-    ("string", "decimal"): lambda a, t: f"_rt.str_to_dec({a}, {_ps(t)})",
-    ("string", "boolean"): lambda a, t: f"_rt.str_to_bool({a})",
-    ("string", "date"): lambda a, t: f"_rt.str_to_date({a})",
-    ("boolean", "int"): lambda a, t: f"int({a})",
-    ("boolean", "long"): lambda a, t: f"int({a})",
-    ("boolean", "double"): lambda a, t: f"float({a})",
-    ("boolean", "decimal"): lambda a, t: f"_rt.dec_fit(_Decimal(int({a})), {_ps(t)})",
-    ("boolean", "string"): lambda a, t: f"('true' if {a} else 'false')",
-    ("date", "string"): lambda a, t: f"_rt.date_str({a})",
-    ("date", "timestamp"): lambda a, t: f"({a} * 86400000000)",
-    ("timestamp", "date"): lambda a, t: f"({a} // 86400000000)",
-    ("timestamp", "long"): lambda a, t: f"({a} // 1000000)",
-})
+CASTS.update(
+    {
+        ("double", "int"): lambda a, t: f"_rt.d2i({a}, 32)",
+        ("double", "long"): lambda a, t: f"_rt.d2i({a}, 64)",
+        ("double", "decimal"): lambda a, t: f"_rt.dec_from_float({a}, {_ps(t)})",
+        ("double", "string"): lambda a, t: f"_rt.java_double_str({a})",
+        ("double", "boolean"): lambda a, t: f"({a} != 0.0)",
+        ("decimal", "int"): lambda a, t: f"_rt.dec_to_long({a}, 32)",
+        ("decimal", "long"): lambda a, t: f"_rt.dec_to_long({a}, 64)",
+        ("decimal", "double"): lambda a, t: f"float({a})",
+        ("decimal", "decimal"): lambda a, t: f"_rt.dec_fit({a}, {_ps(t)})",
+        ("decimal", "string"): lambda a, t: f"_rt.dec_str({a})",
+        ("decimal", "boolean"): lambda a, t: f"({a} != 0)",
+        ("string", "int"): lambda a, t: f"_rt.str_to_long({a}, 32)",
+        ("string", "long"): lambda a, t: f"_rt.str_to_long({a}, 64)",
+        ("string", "double"): lambda a, t: f"_rt.str_to_double({a})",
+        ("string", "decimal"): lambda a, t: f"_rt.str_to_dec({a}, {_ps(t)})",
+        ("string", "boolean"): lambda a, t: f"_rt.str_to_bool({a})",
+        ("string", "date"): lambda a, t: f"_rt.str_to_date({a})",
+        ("boolean", "int"): lambda a, t: f"int({a})",
+        ("boolean", "long"): lambda a, t: f"int({a})",
+        ("boolean", "double"): lambda a, t: f"float({a})",
+        ("boolean", "decimal"): lambda a, t: f"_rt.dec_fit(_Decimal(int({a})), {_ps(t)})",
+        ("boolean", "string"): lambda a, t: f"('true' if {a} else 'false')",
+        ("date", "string"): lambda a, t: f"_rt.date_str({a})",
+        ("date", "timestamp"): lambda a, t: f"({a} * 86400000000)",
+        ("timestamp", "date"): lambda a, t: f"({a} // 86400000000)",
+        ("timestamp", "long"): lambda a, t: f"({a} // 1000000)",
+    }
+)
 # Casts that can produce NULL from a non-NULL input.
 _NULLABLE_CASTS = {("string", x) for x in ("int", "long", "double", "decimal", "boolean", "date")} | {
-    (x, "decimal") for x in ("int", "long", "double", "decimal", "boolean")}
+    (x, "decimal") for x in ("int", "long", "double", "decimal", "boolean")
+}
 
 _INT_BOUNDS = {"int": (-2147483648, 2147483647), "long": (-9223372036854775808, 9223372036854775807)}
 _CMP = {"eq": "==", "neq": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
@@ -209,8 +212,14 @@ class _Gen:
             if flipped in ("gt", "ge"):
                 code = f"({a} {_CMP[op]} {b} or {x} != {x})"
         elif t == T.DOUBLE:
-            code = {"eq": f"_rt.d_eq({a}, {b})", "neq": f"(not _rt.d_eq({a}, {b}))", "lt": f"_rt.d_lt({a}, {b})",
-                    "le": f"_rt.d_le({a}, {b})", "gt": f"_rt.d_lt({b}, {a})", "ge": f"_rt.d_le({b}, {a})"}[op]
+            code = {
+                "eq": f"_rt.d_eq({a}, {b})",
+                "neq": f"(not _rt.d_eq({a}, {b}))",
+                "lt": f"_rt.d_lt({a}, {b})",
+                "le": f"_rt.d_le({a}, {b})",
+                "gt": f"_rt.d_lt({b}, {a})",
+                "ge": f"_rt.d_le({b}, {a})",
+            }[op]
         else:
             code = f"({a} {_CMP[op]} {b})"
         return self.assign(ind, code, args)
@@ -224,7 +233,9 @@ class _Gen:
     def nseq(self, n: Node, ind: int) -> str:
         a, b = (self.expr(x, ind) for x in n.args)
         eq = f"_rt.d_eq({a}, {b})" if n.args[0].type == T.DOUBLE else f"{a} == {b}"
-        return self.assign(ind, f"(({a} is None and {b} is None) or ({a} is not None and {b} is not None and {eq}))", [])
+        return self.assign(
+            ind, f"(({a} is None and {b} is None) or ({a} is not None and {b} is not None and {eq}))", []
+        )
 
     def in_(self, n: Node, args: list[str], ind: int) -> str:
         items = n.args[1:]
@@ -247,7 +258,10 @@ class _Gen:
         saved = set(self.nonnull)
         b = self.expr(n.args[1], ind + 1)
         self.nonnull = saved
-        self.emit(ind + 1, f"{t} = {decide} if {b} is {decide} else (None if ({a} is None or {b} is None) else {other})")
+        self.emit(
+            ind + 1,
+            f"{t} = {decide} if {b} is {decide} else (None if ({a} is None or {b} is None) else {other})",
+        )
         return t
 
     def case(self, n: Node, ind: int) -> str:
@@ -288,7 +302,9 @@ class _Gen:
         if t == T.DOUBLE:
             self.emit(1, f"if {var} is not None and {var}.__class__ is not float: {var} = float({var})")
         elif t.name == "decimal":
-            self.emit(1, f"if {var} is not None and {var}.__class__ is not _Decimal: {var} = _rt.as_decimal({var})")
+            self.emit(
+                1, f"if {var} is not None and {var}.__class__ is not _Decimal: {var} = _rt.as_decimal({var})"
+            )
         elif t == T.DATE:
             self.emit(1, f"if {var} is not None: {var} = _rt.date_days({var})")
         return var
@@ -340,7 +356,9 @@ def build_row_function(
     return fn, source
 
 
-def build_expression_function(schema: Mapping[str, SqlType], node: Node) -> tuple[Callable[[Mapping[str, Any]], Any], str]:
+def build_expression_function(
+    schema: Mapping[str, SqlType], node: Node
+) -> tuple[Callable[[Mapping[str, Any]], Any], str]:
     """Compile one expression into ``fn(row) -> value`` (dates as datetime.date)."""
     g = _Gen()
     g.emit(0, "def expr_fn(r):")

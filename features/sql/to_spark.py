@@ -12,8 +12,23 @@ from decimal import Decimal
 from features.sql import types as T
 from features.sql.ir import Node
 
-_BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/", "mod": "%", "intdiv": "DIV", "eq": "=", "neq": "<>",
-        "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "nseq": "<=>", "and": "AND", "or": "OR"}
+_BIN = {
+    "add": "+",
+    "sub": "-",
+    "mul": "*",
+    "div": "/",
+    "mod": "%",
+    "intdiv": "DIV",
+    "eq": "=",
+    "neq": "<>",
+    "lt": "<",
+    "le": "<=",
+    "gt": ">",
+    "ge": ">=",
+    "nseq": "<=>",
+    "and": "AND",
+    "or": "OR",
+}
 
 
 def quote_ident(name: str) -> str:

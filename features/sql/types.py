@@ -86,7 +86,9 @@ def parse_type(name: str) -> SqlType:
         return SqlType("decimal", 10, 0)
     if low in NAMES:
         return SqlType(low)
-    raise ValueError(f"unsupported column type {name!r}; use one of long, int, double, string, boolean, decimal(p,s), date")
+    raise ValueError(
+        f"unsupported column type {name!r}; use one of long, int, double, string, boolean, decimal(p,s), date"
+    )
 
 
 def decimal_for(t: SqlType) -> SqlType:

@@ -23,8 +23,10 @@ from features.ops import REGISTRY, AggOp, Bucketed, OpParams, fold, get_op
 ENC = settings(max_examples=60, deadline=None)
 
 
-@pytest.mark.parametrize(("n", "hex_"), [(0, "00"), (1, "01"), (127, "7f"), (128, "8001"), (300, "ac02"),
-                                         (2**64, "80808080808080808002")])
+@pytest.mark.parametrize(
+    ("n", "hex_"),
+    [(0, "00"), (1, "01"), (127, "7f"), (128, "8001"), (300, "ac02"), (2**64, "80808080808080808002")],
+)
 def test_uvarint_known_bytes(n: int, hex_: str) -> None:
     w = Writer()
     w.uvarint(n)
@@ -32,7 +34,9 @@ def test_uvarint_known_bytes(n: int, hex_: str) -> None:
     assert Reader(bytes.fromhex(hex_)).uvarint() == n
 
 
-@pytest.mark.parametrize(("n", "zigzag"), [(0, 0), (-1, 1), (1, 2), (-2, 3), (2**63 - 1, 2**64 - 2), (-(2**63), 2**64 - 1)])
+@pytest.mark.parametrize(
+    ("n", "zigzag"), [(0, 0), (-1, 1), (1, 2), (-2, 3), (2**63 - 1, 2**64 - 2), (-(2**63), 2**64 - 1)]
+)
 def test_zigzag(n: int, zigzag: int) -> None:
     w = Writer()
     w.svarint(n)
@@ -41,8 +45,9 @@ def test_zigzag(n: int, zigzag: int) -> None:
     assert w.getvalue() == u.getvalue()
 
 
-typed_values = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                         st.floats(allow_nan=False), st.text())
+typed_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text()
+)
 
 
 @ENC
@@ -67,10 +72,16 @@ def test_typed_nan_and_errors() -> None:
         Reader(b"\x09").typed()
 
 
-@pytest.mark.parametrize(("input_type", "values"), [
-    ("long", [0, -1, 2**63 - 1, -(2**63)]), ("int", [7, -7]), ("double", [0.0, -1.5, math.inf, 1e-310]),
-    ("string", ["", "card-123", "naïve ✓"]), ("boolean", [True, False]),
-])
+@pytest.mark.parametrize(
+    ("input_type", "values"),
+    [
+        ("long", [0, -1, 2**63 - 1, -(2**63)]),
+        ("int", [7, -7]),
+        ("double", [0.0, -1.5, math.inf, 1e-310]),
+        ("string", ["", "card-123", "naïve ✓"]),
+        ("boolean", [True, False]),
+    ],
+)
 def test_value_codecs(input_type: str, values: list[Any]) -> None:
     write, read = value_codec(input_type)
     w = Writer()
@@ -103,15 +114,21 @@ def _all_ops() -> list[AggOp]:
 def test_container_roundtrip_every_op() -> None:
     ops = _all_ops()
     rows = [(v, ts, 0) for ts, v in enumerate([5, 3, 5, -2, 9])]
-    irs = [fold(op, [((("b" if v > 0 else "a"), v), ts, t) for v, ts, t in rows]) if isinstance(op, Bucketed)
-           else fold(op, rows) for op in ops]
+    irs = [
+        fold(op, [((("b" if v > 0 else "a"), v), ts, t) for v, ts, t in rows])
+        if isinstance(op, Bucketed)
+        else fold(op, rows)
+        for op in ops
+    ]
     blob = encode_irs(ops, irs)
     assert blob[0] == FORMAT_VERSION
     back = decode_irs(ops, blob)
     assert [op.finalize(ir) for op, ir in zip(ops, back)] == [op.finalize(ir) for op, ir in zip(ops, irs)]
     assert encode_irs(ops, back) == blob
     empty = encode_irs(ops, [op.init() for op in ops])
-    assert [op.finalize(ir) for op, ir in zip(ops, decode_irs(ops, empty))] == [op.empty_result() for op in ops]
+    assert [op.finalize(ir) for op, ir in zip(ops, decode_irs(ops, empty))] == [
+        op.empty_result() for op in ops
+    ]
 
 
 def test_compact_sizes() -> None:

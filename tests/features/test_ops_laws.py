@@ -42,8 +42,15 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "boolean": st.booleans(),
 }
 TYPES = ("long", "double", "string")
-EXTRA_TYPES = [("sum", "int"), ("sum", "boolean"), ("avg", "boolean"), ("max", "boolean"), ("histogram", "boolean"),
-               ("first_k", "boolean"), ("last", "int")]
+EXTRA_TYPES = [
+    ("sum", "int"),
+    ("sum", "boolean"),
+    ("avg", "boolean"),
+    ("max", "boolean"),
+    ("histogram", "boolean"),
+    ("first_k", "boolean"),
+    ("last", "int"),
+]
 
 
 def _params(cls: type[AggOp]) -> OpParams:

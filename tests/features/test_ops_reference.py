@@ -40,9 +40,22 @@ def run(name: str, values: list[Any], input_type: str = "double", **params: Any)
 
 # ---- empty windows --------------------------------------------------------------------------------------
 EMPTY = {
-    "count": 0, "sum": None, "avg": None, "min": None, "max": None, "variance": None, "stddev": None,
-    "first": None, "last": None, "first_k": [], "last_k": [], "top_k": [], "bottom_k": [], "histogram": {},
-    "approx_unique_count": 0, "approx_percentile": None,
+    "count": 0,
+    "sum": None,
+    "avg": None,
+    "min": None,
+    "max": None,
+    "variance": None,
+    "stddev": None,
+    "first": None,
+    "last": None,
+    "first_k": [],
+    "last_k": [],
+    "top_k": [],
+    "bottom_k": [],
+    "histogram": {},
+    "approx_unique_count": 0,
+    "approx_percentile": None,
 }
 
 
@@ -194,7 +207,9 @@ def test_percentiles_within_kll_rank_error(n: int) -> None:
     assert isinstance(op, ApproxPercentile)
     # fold in 10 tiles and merge, as the fetcher does
     parts = [np.array(xs[i::10]) for i in range(10)]
-    tiles = [op.update_many(op.init(), p, np.zeros(len(p), np.int64), np.zeros(len(p), np.int64)) for p in parts]
+    tiles = [
+        op.update_many(op.init(), p, np.zeros(len(p), np.int64), np.zeros(len(p), np.int64)) for p in parts
+    ]
     ir = op.init()
     for t in tiles:
         ir = op.merge(ir, t)
@@ -215,31 +230,49 @@ def test_bucketed_sum_against_groupby(pairs: list[tuple[str, float]]) -> None:
 
 
 # ---- contract details ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "input_type", "want"), [
-    ("count", "string", "long"), ("sum", "long", "long"), ("sum", "int", "long"), ("sum", "double", "double"),
-    ("sum", "decimal(10,2)", "double"), ("avg", "long", "double"), ("min", "string", "string"),
-    ("max", "int", "int"), ("variance", "long", "double"), ("stddev", "double", "double"),
-    ("first", "string", "string"), ("last", "bigint", "long"), ("first_k", "string", "array<string>"),
-    ("last_k", "long", "array<long>"), ("top_k", "double", "array<double>"), ("bottom_k", "int", "array<int>"),
-    ("histogram", "string", "map<string,long>"), ("approx_unique_count", "string", "long"),
-    ("approx_percentile", "long", "array<double>"),
-])
+@pytest.mark.parametrize(
+    ("name", "input_type", "want"),
+    [
+        ("count", "string", "long"),
+        ("sum", "long", "long"),
+        ("sum", "int", "long"),
+        ("sum", "double", "double"),
+        ("sum", "decimal(10,2)", "double"),
+        ("avg", "long", "double"),
+        ("min", "string", "string"),
+        ("max", "int", "int"),
+        ("variance", "long", "double"),
+        ("stddev", "double", "double"),
+        ("first", "string", "string"),
+        ("last", "bigint", "long"),
+        ("first_k", "string", "array<string>"),
+        ("last_k", "long", "array<long>"),
+        ("top_k", "double", "array<double>"),
+        ("bottom_k", "int", "array<int>"),
+        ("histogram", "string", "map<string,long>"),
+        ("approx_unique_count", "string", "long"),
+        ("approx_percentile", "long", "array<double>"),
+    ],
+)
 def test_output_types(name: str, input_type: str, want: str) -> None:
     params = OpParams(k=3) if REGISTRY[name].uses_k else None
     assert get_op(name, params, input_type).output_type(input_type) == want
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: get_op("top_k"), "needs k"),
-    (lambda: get_op("sum", OpParams(k=3)), "takes no k"),
-    (lambda: get_op("sum", input_type="string"), "does not accept 'string'"),
-    (lambda: get_op("avg", input_type="timestamp"), "unsupported input type"),
-    (lambda: get_op("uniq"), "unknown op"),
-    (lambda: get_op("approx_unique"), "did you mean 'approx_unique_count'"),
-    (lambda: OpParams(percentiles=(50.0,)), "write 0.99"),
-    (lambda: get_op("variance").inverse([1, 0.0, 0.0], 1.0, 0, 0), "no exact inverse"),
-    (lambda: get_op("histogram").inverse({}, 1.0, 0, 0), "never added"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: get_op("top_k"), "needs k"),
+        (lambda: get_op("sum", OpParams(k=3)), "takes no k"),
+        (lambda: get_op("sum", input_type="string"), "does not accept 'string'"),
+        (lambda: get_op("avg", input_type="timestamp"), "unsupported input type"),
+        (lambda: get_op("uniq"), "unknown op"),
+        (lambda: get_op("approx_unique"), "did you mean 'approx_unique_count'"),
+        (lambda: OpParams(percentiles=(50.0,)), "write 0.99"),
+        (lambda: get_op("variance").inverse([1, 0.0, 0.0], 1.0, 0, 0), "no exact inverse"),
+        (lambda: get_op("histogram").inverse({}, 1.0, 0, 0), "never added"),
+    ],
+)
 def test_errors_say_what_to_do(call: Any, message: str) -> None:
     with pytest.raises(OpError, match=message):
         call()
@@ -247,7 +280,11 @@ def test_errors_say_what_to_do(call: Any, message: str) -> None:
 
 def test_inverse_choices() -> None:
     assert {n for n, c in REGISTRY.items() if c(OpParams(k=1) if c.uses_k else None).has_inverse} == {
-        "count", "sum", "avg", "histogram"}
+        "count",
+        "sum",
+        "avg",
+        "histogram",
+    }
     op = get_op("sum")
     ir = fold(op, rows([0.1, 0.2, 0.3]))
     assert op.finalize(op.inverse(ir, 0.3, 2, 0)) == math.fsum([0.1, 0.2])  # float sums invert exactly
@@ -261,11 +298,21 @@ def test_ops_compare_equal_by_definition() -> None:
 
 
 # ---- docstring examples ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", [
-    "features.encoding", "features.ops", "features.ops.base", "features.ops.simple", "features.ops.exact_sum",
-    "features.ops.moments", "features.ops.ordered", "features.ops.topk", "features.ops.histogram",
-    "features.ops.bucketed",
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "features.encoding",
+        "features.ops",
+        "features.ops.base",
+        "features.ops.simple",
+        "features.ops.exact_sum",
+        "features.ops.moments",
+        "features.ops.ordered",
+        "features.ops.topk",
+        "features.ops.histogram",
+        "features.ops.bucketed",
+    ],
+)
 def test_doctests(module: str) -> None:
     import doctest
     import importlib

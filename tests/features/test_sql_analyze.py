@@ -6,8 +6,14 @@ import pytest
 
 from features.sql import SqlError, analyze_expression, compile_expression, compile_row_logic
 
-SCHEMA = {"amount": "double", "status": "string", "ts": "long", "qty": "int", "flag": "boolean",
-          "price": "decimal(10,2)"}
+SCHEMA = {
+    "amount": "double",
+    "status": "string",
+    "ts": "long",
+    "qty": "int",
+    "flag": "boolean",
+    "price": "decimal(10,2)",
+}
 
 # (text, kind, underlined text, words in the message, words in the fix)
 REJECTIONS = [
@@ -33,11 +39,22 @@ REJECTIONS = [
     ("status ilike 'a%'", "where", "status ilike 'a%'", "ILIKE", "LOWER"),
     ("flag and qty", "where", "qty", "AND needs a boolean", "compare"),
     ("status = 1", "where", "status = 1", "cannot compare string with int", "CAST"),
-    ("timestamp_millis(ts)", "select", "timestamp_millis(ts)", "timestamp cannot be an output", "unix_millis"),
+    (
+        "timestamp_millis(ts)",
+        "select",
+        "timestamp_millis(ts)",
+        "timestamp cannot be an output",
+        "unix_millis",
+    ),
     ("hour(ts)", "select", "hour(ts)", "needs a timestamp", "timestamp_millis"),
     ("round(amount, qty)", "select", "round(amount, qty)", "integer literal", "constant"),
-    ("date_format(timestamp_millis(ts), 'yyyy QQ')", "select", "date_format(timestamp_millis(ts), 'yyyy QQ')",
-     "'QQ'", "yyyy"),
+    (
+        "date_format(timestamp_millis(ts), 'yyyy QQ')",
+        "select",
+        "date_format(timestamp_millis(ts), 'yyyy QQ')",
+        "'QQ'",
+        "yyyy",
+    ),
     ("cast(amount as timestamp)", "select", "cast(amount as timestamp)", "CAST to TIMESTAMP", "BIGINT"),
     ("amount AS x", "select", "amount AS x", "alias", "dict key"),
     ("t.amount", "select", "t.amount", "qualified", "'amount'"),
@@ -51,8 +68,9 @@ REJECTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "kind", "underlined", "message", "fix"), REJECTIONS,
-                         ids=[r[0] or "<empty>" for r in REJECTIONS])
+@pytest.mark.parametrize(
+    ("text", "kind", "underlined", "message", "fix"), REJECTIONS, ids=[r[0] or "<empty>" for r in REJECTIONS]
+)
 def test_rejection(text: str, kind: str, underlined: str, message: str, fix: str) -> None:
     with pytest.raises(SqlError) as info:
         analyze_expression(text, SCHEMA, kind=kind)  # type: ignore[arg-type]
@@ -61,7 +79,7 @@ def test_rejection(text: str, kind: str, underlined: str, message: str, fix: str
     p = err.problems[0]
     assert message in p.message
     assert fix in p.fix
-    assert text[p.start:p.end] == underlined
+    assert text[p.start : p.end] == underlined
     rendered = err.render(text)
     lines = rendered.splitlines()
     assert lines[0] == text
@@ -73,7 +91,7 @@ def test_all_problems_are_reported_at_once() -> None:
     text = "amout > 1 AND lenght(statuz) > 2 AND rand() < 1"
     with pytest.raises(SqlError) as info:
         analyze_expression(text, SCHEMA, kind="where")
-    spans = [text[p.start:p.end] for p in info.value.problems]
+    spans = [text[p.start : p.end] for p in info.value.problems]
     assert spans == ["amout", "lenght(statuz)", "rand()"]
     assert info.value.render().count("^") == len("amout") + len("lenght(statuz)") + len("rand()")
 
