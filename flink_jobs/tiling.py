@@ -1,0 +1,321 @@
+"""The stream's tiling logic, pure and Flink-free: projected rows in, encoded period values out.
+
+The PyFlink operator (:mod:`flink_jobs.job`) only moves bytes between Kafka, Flink keyed state and memcached; every
+decision is made here, with the shared layout of :mod:`features.tiles`:
+
+* an event with ``ts < watermark - allowed_lateness`` is **late**: counted, never applied (the nightly batch
+  upload corrects it);
+* an on-time event updates, for every tile level of the plan, the tile ``(size, align(ts, size))`` of its entity
+  (:meth:`features.tiles.StateCodec.update`) and marks the stored value holding that tile - the level's *period
+  value* ``(size, period start)`` - dirty;
+* a flush returns the full period value of every dirty period (:meth:`~features.tiles.StateCodec.encode_period`):
+  idempotent full-IR upserts, so re-flushing or replaying after a crash writes the same bytes;
+* eviction drops whole periods once no on-time event can reach them and no read after the batch boundary needs
+  them: ``period end + max(retention, allowed lateness) <= watermark``. Dirty periods are flushed first.
+
+Two forms share these rules: :class:`Tiler` holds every entity of one GroupBy in memory (unit tests, replays,
+``snapshot``/``restore``), and the per-entity helpers (:func:`apply_row`, :func:`period_value`,
+:func:`expired_periods`, :func:`encode_tile`) are what the Flink operator calls with its keyed state.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from features.encoding import Reader, Writer
+from features.plan import GroupByPlan
+from features.tiles import TILES_FORMAT, StateCodec, Tile, TileKey
+from features.windows import align
+
+#: Flushed values: ``(entity parts, size, period start) -> encoded period value``.
+FlushKey = tuple[tuple[Any, ...], int, int]
+
+_I64 = struct.Struct(">q")
+SNAPSHOT_FORMAT = 1
+
+
+# ---- per-entity rules (shared by Tiler and the Flink operator) ------------------------------------------
+
+
+def is_late(ts_ms: int, watermark_ms: int | None, allowed_lateness_ms: int) -> bool:
+    """True if an event at ``ts_ms`` arrives too late to be applied (watermark ``None``: nothing is late).
+
+    >>> is_late(1_000, 400_000, 300_000), is_late(100_000, 400_000, 300_000)
+    (True, False)
+    """
+    return watermark_ms is not None and ts_ms < watermark_ms - allowed_lateness_ms
+
+
+def entity_of(gb: GroupByPlan, row: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The entity key parts of a projected row; ``None`` if any part is null (such rows are not aggregated)."""
+    parts = tuple(row.get(k) for k in gb.keys)
+    return None if any(p is None for p in parts) else parts
+
+
+def tile_keys(codec: StateCodec, ts_ms: int) -> list[TileKey]:
+    """The tile of every level that an event at ``ts_ms`` falls in."""
+    return [(size, ts_ms - ts_ms % size) for size in codec.sizes]
+
+
+def apply_row(
+    codec: StateCodec, tiles: MutableMapping[TileKey, Tile], row: Mapping[str, Any]
+) -> list[TileKey]:
+    """Fold one projected row into its tile of every level; returns the period values it changed."""
+    ts = row[codec.time_col]
+    changed: list[TileKey] = []
+    for key in tile_keys(codec, ts):
+        tile = tiles.get(key)
+        if tile is None:
+            tile = Tile(codec.init(), ts)
+        codec.update(tile.irs, row)
+        if ts > tile.max_ts:
+            tile.max_ts = ts
+        tiles[key] = tile
+        changed.append(codec.period_key(*key))
+    return changed
+
+
+def retention_of(gb: GroupByPlan) -> dict[int, int]:
+    """Per tile size, how long after its period ends a period value is kept in state."""
+    assert gb.stream is not None, f"{gb.name} has no stream plan (online=False?)"
+    lateness = gb.source.allowed_lateness_ms
+    return {lv.size_ms: max(lv.retention_ms, lateness) for lv in gb.stream.levels}
+
+
+def period_end(codec: StateCodec, size_ms: int, period_start_ms: int) -> int:
+    return period_start_ms + codec.period_of[size_ms]
+
+
+def expired_periods(
+    codec: StateCodec, retention: Mapping[int, int], periods: Iterable[TileKey], watermark_ms: int
+) -> list[TileKey]:
+    """The periods (``(size, period start)``) that may be dropped from state at ``watermark_ms``."""
+    return [
+        (size, ps) for size, ps in periods if period_end(codec, size, ps) + retention[size] <= watermark_ms
+    ]
+
+
+def expiry_ms(codec: StateCodec, retention: Mapping[int, int], size_ms: int, period_start_ms: int) -> int:
+    """The watermark at which a period value may be dropped from state."""
+    return period_end(codec, size_ms, period_start_ms) + retention[size_ms]
+
+
+# ---- tile state bytes (what Flink keyed state holds per tile) ---------------------------------------------
+
+
+def encode_tile(codec: StateCodec, tile: Tile) -> bytes:
+    """A tile as state bytes: 8-byte big-endian max event time, then the shared IR encoding."""
+    return _I64.pack(tile.max_ts) + codec.encode(tile.irs)
+
+
+def decode_tile(codec: StateCodec, data: bytes) -> Tile:
+    (max_ts,) = _I64.unpack_from(data)
+    return Tile(codec.decode(data[_I64.size :]), max_ts)
+
+
+def period_value(size_ms: int, period_start_ms: int, encoded_tiles: Mapping[int, bytes]) -> bytes:
+    """The period value of :meth:`StateCodec.encode_period` assembled from tile state bytes (no IR re-encode).
+
+    ``encoded_tiles`` maps tile start to :func:`encode_tile` bytes; byte-identical to ``encode_period``.
+    """
+    w = Writer()
+    w.buf.append(TILES_FORMAT)
+    w.uvarint(size_ms)
+    w.svarint(period_start_ms)
+    w.uvarint(len(encoded_tiles))
+    for start in sorted(encoded_tiles):
+        data = encoded_tiles[start]
+        (max_ts,) = _I64.unpack_from(data)
+        w.uvarint((start - period_start_ms) // size_ms)
+        w.svarint(max_ts - start)
+        w.raw(data[_I64.size :])
+    return w.getvalue()
+
+
+# ---- the in-memory tiler -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TilerStats:
+    events_in: int = 0
+    applied: int = 0
+    late: int = 0
+    no_key: int = 0
+    flushes: int = 0
+    values_flushed: int = 0
+    periods_evicted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Entity:
+    tiles: dict[TileKey, Tile] = field(default_factory=dict)
+
+
+class Tiler:
+    """Every entity's tiles of one GroupBy, in memory. Not thread-safe.
+
+    ``on_event(row, watermark, now_ms)`` folds a projected row (late rows are counted, not applied);
+    ``on_timer(now_ms)`` flushes once ``flush_interval_ms`` has passed since the first unflushed change;
+    ``flush()`` returns every dirty period value; ``evict(watermark)`` bounds the state.
+    """
+
+    def __init__(
+        self,
+        gb: GroupByPlan,
+        *,
+        allowed_lateness_ms: int | None = None,
+        flush_interval_ms: int | None = None,
+    ) -> None:
+        if gb.stream is None:
+            raise ValueError(f"GroupBy {gb.name} has no stream plan (is it online?)")
+        self.gb = gb
+        self.codec = StateCodec(gb)
+        self.allowed_lateness_ms = (
+            gb.source.allowed_lateness_ms if allowed_lateness_ms is None else allowed_lateness_ms
+        )
+        self.flush_interval_ms = (
+            gb.stream.flush_interval_ms if flush_interval_ms is None else flush_interval_ms
+        )
+        self.retention = retention_of(gb)
+        if allowed_lateness_ms is not None:
+            self.retention = {s: max(r, allowed_lateness_ms) for s, r in self.retention.items()}
+        self.entities: dict[tuple[Any, ...], _Entity] = {}
+        self.dirty: set[FlushKey] = set()
+        self.flush_due_ms: int | None = None
+        self.stats = TilerStats()
+
+    # -- events ---------------------------------------------------------------------------------------
+    def on_event(self, row: Mapping[str, Any], watermark_ms: int | None, now_ms: int | None = None) -> str:
+        """Fold one projected row. Returns ``"applied"``, ``"late"`` or ``"no_key"``."""
+        self.stats.events_in += 1
+        ts = row.get(self.codec.time_col)
+        entity = entity_of(self.gb, row)
+        if entity is None or ts is None:
+            self.stats.no_key += 1
+            return "no_key"
+        if is_late(ts, watermark_ms, self.allowed_lateness_ms):
+            self.stats.late += 1
+            return "late"
+        ent = self.entities.get(entity)
+        if ent is None:
+            ent = self.entities[entity] = _Entity()
+        for size, ps in apply_row(self.codec, ent.tiles, row):
+            self.dirty.add((entity, size, ps))
+        self.stats.applied += 1
+        if self.flush_due_ms is None and now_ms is not None:
+            self.flush_due_ms = now_ms + self.flush_interval_ms
+        return "applied"
+
+    def on_timer(self, now_ms: int) -> dict[FlushKey, bytes]:
+        """Flush if the flush interval since the first unflushed change has passed."""
+        if self.flush_due_ms is not None and now_ms >= self.flush_due_ms:
+            return self.flush()
+        return {}
+
+    def flush(self) -> dict[FlushKey, bytes]:
+        """The full period value of every dirty period; clears the dirty set."""
+        out: dict[FlushKey, bytes] = {}
+        for entity, size, ps in self.dirty:
+            tiles = self.entities[entity].tiles
+            in_period = {
+                start: tile
+                for (sz, start), tile in tiles.items()
+                if sz == size and self.codec.period_key(sz, start) == (size, ps)
+            }
+            out[(entity, size, ps)] = self.codec.encode_period(size, ps, in_period)
+        self.dirty.clear()
+        self.flush_due_ms = None
+        if out:
+            self.stats.flushes += 1
+            self.stats.values_flushed += len(out)
+        return out
+
+    def evict(self, watermark_ms: int) -> int:
+        """Drop the periods no on-time event or stream read can need; returns how many were dropped."""
+        dropped = 0
+        dirty_periods = {(e, s, p) for e, s, p in self.dirty}
+        for entity in list(self.entities):
+            tiles = self.entities[entity].tiles
+            periods = {self.codec.period_key(size, start) for size, start in tiles}
+            gone = {
+                p
+                for p in expired_periods(self.codec, self.retention, periods, watermark_ms)
+                if (entity, *p) not in dirty_periods
+            }
+            if not gone:
+                continue
+            for tk in [tk for tk in tiles if self.codec.period_key(*tk) in gone]:
+                del tiles[tk]
+            dropped += len(gone)
+            if not tiles:
+                del self.entities[entity]
+        self.stats.periods_evicted += dropped
+        return dropped
+
+    def tile_count(self) -> int:
+        return sum(len(e.tiles) for e in self.entities.values())
+
+    # -- state ----------------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """All tiles and dirty marks as explicit bytes (the shared IR encoding; no pickle)."""
+        w = Writer()
+        w.buf.append(SNAPSHOT_FORMAT)
+        w.string(self.gb.semantic_hash)
+        w.uvarint(len(self.entities))
+        for entity, ent in self.entities.items():
+            w.uvarint(len(entity))
+            for part in entity:
+                w.typed(part)
+            w.uvarint(len(ent.tiles))
+            for (size, start), tile in ent.tiles.items():
+                w.uvarint(size)
+                w.svarint(start)
+                w.raw(encode_tile(self.codec, tile))
+        w.uvarint(len(self.dirty))
+        for entity, size, ps in sorted(self.dirty, key=repr):
+            w.uvarint(len(entity))
+            for part in entity:
+                w.typed(part)
+            w.uvarint(size)
+            w.svarint(ps)
+        return w.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a :meth:`snapshot` (of the same plan)."""
+        r = Reader(data)
+        version = r.byte()
+        if version != SNAPSHOT_FORMAT:
+            raise ValueError(f"tiler snapshot format {version} is not {SNAPSHOT_FORMAT}")
+        plan_hash = r.string()
+        if plan_hash != self.gb.semantic_hash:
+            raise ValueError(
+                f"snapshot of plan {plan_hash} cannot restore {self.gb.name} ({self.gb.semantic_hash})"
+            )
+        entities: dict[tuple[Any, ...], _Entity] = {}
+        for _ in range(r.uvarint()):
+            entity = tuple(r.typed() for _ in range(r.uvarint()))
+            ent = entities[entity] = _Entity()
+            for _ in range(r.uvarint()):
+                size = r.uvarint()
+                start = r.svarint()
+                ent.tiles[(size, start)] = decode_tile(self.codec, r.raw())
+        dirty: set[FlushKey] = set()
+        for _ in range(r.uvarint()):
+            entity = tuple(r.typed() for _ in range(r.uvarint()))
+            size = r.uvarint()
+            dirty.add((entity, size, r.svarint()))
+        r.done()
+        self.entities = entities
+        self.dirty = dirty
+        self.flush_due_ms = None
+
+
+def align_period(codec: StateCodec, size_ms: int, ts_ms: int) -> int:
+    """The start of the period (of level ``size_ms``) holding ``ts_ms``."""
+    return align(ts_ms, codec.period_of[size_ms])
