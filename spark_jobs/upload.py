@@ -11,8 +11,8 @@ For a date ``D`` the boundary ``B`` is the UTC midnight after ``D``. Per online 
 3. Sort by key bytes and stream the rows to the driver partition by partition (``toLocalIterator``, never a
    ``collect``) into ``store.bulk_upload(gb.batch.dataset, version, ...)``, then ``publish``.
 
-The first key of every version is a small metadata record (:data:`META_SUFFIX` under the empty entity, which sorts
-before every entity): the boundary and validity, so a reader knows the boundary even for entities that have no
+The first key of every version is a small metadata record (:func:`kvstore.meta.meta_key`: the empty entity, which
+sorts before every entity): the boundary and validity, so a reader knows the boundary even for entities that have no
 batch value. Version names start with the date (``2026-11-24``; a re-run of the same date uploads
 ``2026-11-24.r2``...), so a re-run is idempotent: the published values are the same, switched atomically.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import sys
@@ -39,12 +38,9 @@ from features.tiles import StateCodec, batch_state
 from features.windows import DAY_MS
 from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity
+from kvstore.meta import encode_meta, meta_key
 
 log = logging.getLogger("tessera.upload")
-
-#: Suffix of the metadata record (under the empty entity) heading every batch version.
-META_SUFFIX = b"__tessera_batch_meta"
-META_FORMAT = 1
 
 _OUT_SCHEMA = pa.schema([("k", pa.binary()), ("v", pa.binary())])
 
@@ -68,29 +64,23 @@ def date_of_version(version: str) -> str:
     return version.split(".", 1)[0]
 
 
-def meta_key(gb: GroupByPlan) -> bytes:
+def batch_meta_key(gb: GroupByPlan) -> bytes:
     """The key of the metadata record of ``gb``'s batch dataset (sorts before every entity key)."""
     assert gb.batch is not None
-    return KeyLayout(gb.batch.dataset, gb.semantic_hash).key(b"", META_SUFFIX)
+    return meta_key(gb.batch.dataset, gb.semantic_hash)
 
 
-def encode_meta(boundary_ms: int, validity_ms: int, date: str, gb: GroupByPlan) -> bytes:
-    meta = {
-        "format": META_FORMAT,
-        "boundary_ms": boundary_ms,
-        "validity_ms": validity_ms,
-        "date": date,
-        "group_by": gb.name,
-        "semantic_hash": gb.semantic_hash,
-    }
-    return json.dumps(meta, sort_keys=True).encode()
-
-
-def decode_meta(data: bytes) -> dict[str, Any]:
-    meta: dict[str, Any] = json.loads(data)
-    if meta.get("format") != META_FORMAT:
-        raise ValueError(f"batch metadata format {meta.get('format')!r} is not {META_FORMAT}")
-    return meta
+def batch_meta(boundary_ms: int, validity_ms: int, date: str, gb: GroupByPlan) -> bytes:
+    """The metadata record of one GroupBy's batch version (read by the fetcher: :mod:`kvstore.meta`)."""
+    return encode_meta(
+        {
+            "boundary_ms": boundary_ms,
+            "validity_ms": validity_ms,
+            "date": date,
+            "group_by": gb.name,
+            "semantic_hash": gb.semantic_hash,
+        }
+    )
 
 
 def entity_columns(gb: GroupByPlan) -> list[str]:
@@ -254,7 +244,7 @@ def run_upload(
         frame = frame.persist()  # the sort samples its input: encode once
         try:
             version = next_version(store, gb.batch.dataset, date)
-            meta = (meta_key(gb), encode_meta(boundary, gb.batch.validity_ms, date, gb))
+            meta = (batch_meta_key(gb), batch_meta(boundary, gb.batch.validity_ms, date, gb))
             count = store.bulk_upload(gb.batch.dataset, version, _sorted_items(frame, meta))
         finally:
             frame.unpersist()

@@ -22,7 +22,8 @@ from features.tiles import StateCodec, merge_features, tiles_from_rows
 from features.windows import DAY_MS, align
 from kvstore.codec import KeyLayout, encode_entity
 from kvstore.embedded import EmbeddedBulkStore
-from spark_jobs.upload import boundary_of, decode_meta, meta_key, run_upload
+from kvstore.meta import decode_meta
+from spark_jobs.upload import batch_meta_key, boundary_of, run_upload
 
 pytestmark = pytest.mark.spark
 
@@ -108,7 +109,7 @@ def test_upload_merged_with_stream_tiles_equals_the_direct_fold(
         for gb in plan.group_bys:
             assert gb.batch is not None
             assert store.current_version(gb.batch.dataset) == date
-            meta = decode_meta(store.multi_get(gb.batch.dataset, [meta_key(gb)])[meta_key(gb)])
+            meta = decode_meta(store.multi_get(gb.batch.dataset, [batch_meta_key(gb)])[batch_meta_key(gb)])
             assert meta["boundary_ms"] == boundary and meta["validity_ms"] == gb.batch.validity_ms
             raw = (ds.payments if gb.source.table == "payments" else ds.labels).to_pylist()
             fn = row_function(gb)

@@ -1,0 +1,427 @@
+"""The fetcher: a Join's feature vector for one request, from batch state plus fresh stream tiles.
+
+Per request, for every part of the Join (a GroupBy and the request's entity key):
+
+* **Batch**: the entity's batch value from the bulk store (one ``multi_get`` per batch dataset, all parts at
+  once), decoded to a :class:`~features.tiles.BatchState`. Batch values are immutable per published version, so
+  decoded states (and "no value" answers) live in a bounded in-process LRU keyed by ``(dataset, version, key)``;
+  the published version (with its boundary, from the version's metadata record, :mod:`kvstore.meta`) is
+  re-checked at most every ``version_check_s``.
+* **Stream**: the period values :func:`features.tiles.stream_reads` names for the query time (a bounded number
+  whatever the window length), one ``multi_get`` per stream dataset. A period value whose period ended before
+  the stream's watermark (the clock minus allowed lateness and the flush interval) no longer changes: it is
+  cached too.
+* **Merge**: :func:`features.tiles.merge_features`, then the Join's output names and derivations
+  (:func:`features.sql.compile_expression`).
+
+Failures never raise: an entity missing from the stores gets the values of an empty window (count 0, nulls); a
+key that cannot be encoded, a store that is down or slow (the memcached budget per call, and a total budget per
+fetch) leave that part's features null with the reason in ``errors`` and the vector flagged ``degraded``. The
+clock is injected (``now_ms``), so tests and the consistency checker fetch "as of" any time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from features.plan import GroupByPlan, JoinPartPlan, JoinPlan, Plan
+from features.sql import compile_expression
+from features.tiles import BatchState, StateCodec, Tile, TileKey, merge_features, stream_reads, tile_suffix
+from features.windows import DAY_MS
+from kvstore.base import KVStore
+from kvstore.codec import KeyLayout, encode_entity
+from kvstore.dual import DualStore
+from kvstore.meta import decode_meta, meta_key
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_ABSENT = object()  # cached "no batch value for this entity in this version"
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LRU(Generic[K, V]):
+    """A bounded, thread-safe least-recently-used map with hit/miss counters."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass
+class FeatureVector:
+    """One Join's features for one request.
+
+    ``values``: every output column of the Join in order (request columns, part features, derivations).
+    ``errors``: per part (its GroupBy name) or derivation (``derivation:NAME``), why its values are null.
+    ``degraded``: some part could not be served (store down or slow, bad key). ``stale``: some batch state is
+    past its validity (the batch upload is late). ``timings_ms``: ``batch``, ``stream``, ``merge``, ``total``.
+    """
+
+    join: str
+    at_ms: int
+    values: dict[str, Any]
+    errors: dict[str, str] = field(default_factory=dict)
+    degraded: bool = False
+    stale: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Version:
+    """The published batch version of one dataset as the fetcher last saw it."""
+
+    name: str | None
+    boundary_ms: int | None
+    validity_ms: int
+    checked_at: float
+
+
+@dataclass
+class _PartRead:
+    """What one part of a request reads: its GroupBy, entity and keys, and what came back."""
+
+    part: JoinPartPlan
+    gb: GroupByPlan
+    entity: bytes | None
+    batch_key: bytes | None = None
+    version: _Version | None = None
+    batch: BatchState | None = None
+    batch_known: bool = False
+    boundary_ms: int | None = None
+    period_keys: dict[bytes, TileKey] = field(default_factory=dict)
+    tiles: dict[TileKey, Tile] = field(default_factory=dict)
+    error: str | None = None
+
+
+class _GroupByRuntime:
+    """Per GroupBy: the codec and key layouts (built once)."""
+
+    def __init__(self, gb: GroupByPlan) -> None:
+        assert gb.batch is not None and gb.stream is not None
+        self.gb = gb
+        self.codec = StateCodec(gb)
+        self.batch_dataset = gb.batch.dataset
+        self.stream_dataset = gb.stream.dataset
+        self.batch_layout = KeyLayout(gb.batch.dataset, gb.semantic_hash)
+        self.stream_layout = KeyLayout(gb.stream.dataset, gb.semantic_hash)
+        self.meta_key = meta_key(gb.batch.dataset, gb.semantic_hash)
+        self.period_ms = {lv.size_ms: lv.period_ms for lv in gb.stream.levels}
+        # A period value is final once the stream can no longer write into it.
+        self.settle_ms = gb.source.allowed_lateness_ms + gb.stream.flush_interval_ms
+
+
+class _JoinRuntime:
+    def __init__(self, join: JoinPlan) -> None:
+        self.join = join
+        self.derivations: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = []
+        for d in join.derivations:
+            schema = {}
+            for col, typ in join.output_schema.items():
+                if col == d.name:
+                    break
+                if not typ.startswith(("map<", "array<")):
+                    schema[col] = typ
+            self.derivations.append((d.name, compile_expression(d.expression, schema, kind="derivation")))
+
+
+class Fetcher:
+    """Feature vectors of a plan's online Joins from a bulk store (batch state) and a stream store (tiles).
+
+    ``store``: a :class:`~kvstore.dual.DualStore` or a ``(bulk, stream)`` pair. ``now_ms``: the clock (epoch ms)
+    used when a fetch gives no ``at_ms`` and to decide which period values are final. ``cache_size``: decoded batch
+    states kept; ``tile_cache_size``: final period values kept. ``budget_s``: a fetch stops asking stores once it
+    has spent this long (the parts not yet read are degraded); the memcached store's own per-call budget bounds
+    each call.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        store: DualStore | tuple[KVStore, KVStore],
+        *,
+        now_ms: Callable[[], int] = wall_clock_ms,
+        cache_size: int = 100_000,
+        tile_cache_size: int = 100_000,
+        version_check_s: float = 1.0,
+        budget_s: float = 0.25,
+    ) -> None:
+        self.plan = plan
+        if isinstance(store, DualStore):
+            self.bulk, self.stream = store.bulk, store.stream
+        else:
+            self.bulk, self.stream = store
+        self.now_ms = now_ms
+        self.version_check_s = version_check_s
+        self.budget_s = budget_s
+        self.batch_cache: LRU[tuple[str, str, bytes], Any] = LRU(cache_size)
+        self.tile_cache: LRU[tuple[str, bytes], dict[int, Tile]] = LRU(tile_cache_size)
+        self._versions: dict[str, _Version] = {}
+        self._version_lock = threading.Lock()
+        self._gbs: dict[str, _GroupByRuntime] = {}
+        self._joins: dict[str, _JoinRuntime] = {}
+        for j in plan.joins:
+            if not j.online:
+                continue
+            self._joins[j.name] = _JoinRuntime(j)
+            for part in j.parts:
+                if part.group_by not in self._gbs:
+                    self._gbs[part.group_by] = _GroupByRuntime(plan.group_by(part.group_by))
+
+    @property
+    def joins(self) -> list[str]:
+        return list(self._joins)
+
+    # ---- the published batch version ---------------------------------------------------------------------
+    def _version(self, rt: _GroupByRuntime) -> _Version:
+        """The published version of ``rt``'s batch dataset and its boundary (re-checked every version_check_s)."""
+        now = time.monotonic()
+        cached = self._versions.get(rt.batch_dataset)
+        if cached is not None and now - cached.checked_at < self.version_check_s:
+            return cached
+        name = self.bulk.current_version(rt.batch_dataset)
+        assert rt.gb.batch is not None
+        validity = rt.gb.batch.validity_ms
+        boundary: int | None = None
+        if name is not None:
+            if cached is not None and cached.name == name:
+                boundary, validity = cached.boundary_ms, cached.validity_ms
+            else:
+                meta_blob = self.bulk.multi_get(rt.batch_dataset, [rt.meta_key]).get(rt.meta_key)
+                if meta_blob is not None:
+                    meta = decode_meta(meta_blob)
+                    boundary, validity = int(meta["boundary_ms"]), int(meta["validity_ms"])
+                else:
+                    boundary = _boundary_from_version_name(name)
+        version = _Version(name, boundary, validity, now)
+        with self._version_lock:
+            self._versions[rt.batch_dataset] = version
+        return version
+
+    # ---- fetch -------------------------------------------------------------------------------------------
+    def fetch(self, join_name: str, request: Mapping[str, Any], at_ms: int | None = None) -> FeatureVector:
+        """Every output column of Join ``join_name`` for ``request`` (the Join's left columns) at ``at_ms``
+        (default: the clock). Never raises for store or key problems: see :class:`FeatureVector`."""
+        started = time.perf_counter()
+        deadline = started + self.budget_s
+        jr = self._joins.get(join_name)
+        if jr is None:
+            raise KeyError(f"no online Join named {join_name!r} (known: {', '.join(self._joins)})")
+        join = jr.join
+        t = int(at_ms) if at_ms is not None else int(self.now_ms())
+        now = int(self.now_ms())
+        vector = FeatureVector(join_name, t, {c: request.get(c) for c in join.left.schema})
+
+        reads = [self._part_read(part, request) for part in join.parts]
+        self._read_batch(reads, deadline)
+        t_batch = time.perf_counter()
+        self._read_stream(reads, t, now, deadline)
+        t_stream = time.perf_counter()
+
+        for r in reads:
+            rt = self._gbs[r.gb.name]
+            values: dict[str, Any] | None = None
+            if r.error is None:
+                try:
+                    res = merge_features(rt.codec, t, r.batch, r.tiles, boundary_ms=r.boundary_ms)
+                    values = res.values
+                    vector.stale = vector.stale or res.stale_batch
+                except Exception as e:  # a corrupt value: this part only
+                    r.error = f"merge failed: {type(e).__name__}: {e}"
+            if r.error is not None:
+                vector.errors[r.gb.name] = r.error
+                vector.degraded = True
+            for out_name, feature in r.part.features.items():
+                vector.values[out_name] = None if values is None else values[feature]
+        for name, fn in jr.derivations:
+            try:
+                vector.values[name] = fn(vector.values)
+            except Exception as e:
+                vector.values[name] = None
+                vector.errors[f"derivation:{name}"] = f"{type(e).__name__}: {e}"
+        end = time.perf_counter()
+        vector.timings_ms = {
+            "batch": (t_batch - started) * 1e3,
+            "stream": (t_stream - t_batch) * 1e3,
+            "merge": (end - t_stream) * 1e3,
+            "total": (end - started) * 1e3,
+        }
+        return vector
+
+    def _part_read(self, part: JoinPartPlan, request: Mapping[str, Any]) -> _PartRead:
+        gb = self._gbs[part.group_by].gb
+        key = [request.get(part.key_map[k]) for k in gb.keys]
+        if any(k is None for k in key):  # no entity: the features of an empty window
+            return _PartRead(part, gb, None)
+        try:
+            entity = encode_entity(key)
+        except Exception as e:
+            return _PartRead(part, gb, None, error=f"bad key {key!r}: {e}")
+        return _PartRead(part, gb, entity)
+
+    def _read_batch(self, reads: list[_PartRead], deadline: float) -> None:
+        wanted: dict[str, dict[bytes, list[_PartRead]]] = {}
+        for r in reads:
+            rt = self._gbs[r.gb.name]
+            if r.error is not None:
+                continue
+            try:
+                r.version = self._version(rt)
+            except Exception as e:
+                r.error = f"bulk store unavailable: {type(e).__name__}: {e}"
+                continue
+            if r.version.name is None:
+                r.error = f"no published batch version of {rt.batch_dataset}"
+                continue
+            r.boundary_ms = r.version.boundary_ms
+            if r.entity is None:
+                r.batch_known = True
+                continue
+            r.batch_key = rt.batch_layout.key(r.entity)
+            cached = self.batch_cache.get((rt.batch_dataset, r.version.name, r.batch_key))
+            if cached is not None:
+                self._set_batch(r, cached)
+                continue
+            wanted.setdefault(rt.batch_dataset, {}).setdefault(r.batch_key, []).append(r)
+        for dataset, by_key in wanted.items():
+            parts = [r for rs in by_key.values() for r in rs]
+            if time.perf_counter() > deadline:
+                for r in parts:
+                    r.error = "fetch budget spent before the bulk store was read"
+                continue
+            try:
+                got = self.bulk.multi_get(dataset, list(by_key))
+            except Exception as e:
+                for r in parts:
+                    r.error = f"bulk store unavailable: {type(e).__name__}: {e}"
+                continue
+            for key, rs in by_key.items():
+                blob = got.get(key)
+                for r in rs:
+                    rt = self._gbs[r.gb.name]
+                    try:
+                        value: Any = rt.codec.decode_batch(blob) if blob is not None else _ABSENT
+                    except Exception as e:
+                        r.error = f"batch value cannot be decoded: {type(e).__name__}: {e}"
+                        continue
+                    assert r.version is not None and r.version.name is not None
+                    self.batch_cache.put((dataset, r.version.name, key), value)
+                    self._set_batch(r, value)
+
+    @staticmethod
+    def _set_batch(r: _PartRead, value: Any) -> None:
+        r.batch_known = True
+        if value is not _ABSENT:
+            r.batch = value
+            r.boundary_ms = value.boundary_ms
+
+    def _read_stream(self, reads: list[_PartRead], t: int, now: int, deadline: float) -> None:
+        wanted: dict[str, dict[bytes, list[_PartRead]]] = {}
+        for r in reads:
+            if r.error is not None or r.entity is None:
+                continue
+            rt = self._gbs[r.gb.name]
+            boundary = r.boundary_ms if r.boundary_ms is not None else t
+            values, _ = stream_reads(r.gb, t, boundary)
+            for size, pstart in values:
+                key = rt.stream_layout.key(r.entity, tile_suffix(size, pstart))
+                final = pstart + rt.period_ms[size] + rt.settle_ms <= now
+                if final:
+                    cached = self.tile_cache.get((rt.stream_dataset, key))
+                    if cached is not None:
+                        r.tiles.update({(size, s): tile for s, tile in cached.items()})
+                        continue
+                r.period_keys[key] = (size, pstart)
+                wanted.setdefault(rt.stream_dataset, {}).setdefault(key, []).append(r)
+        for dataset, by_key in wanted.items():
+            parts = {id(r): r for rs in by_key.values() for r in rs}.values()
+            if time.perf_counter() > deadline:
+                for r in parts:
+                    r.error = "fetch budget spent before the stream store was read"
+                continue
+            try:
+                got, unavailable = self._stream_get(dataset, list(by_key))
+            except Exception as e:
+                for r in parts:
+                    r.error = f"stream store unavailable: {type(e).__name__}: {e}"
+                continue
+            for key, rs in by_key.items():
+                for r in rs:
+                    if r.error is not None:
+                        continue
+                    if key in unavailable:
+                        r.error = f"stream store unavailable for {dataset} (node down or slow)"
+                        continue
+                    blob = got.get(key)
+                    if blob is None:
+                        continue
+                    rt = self._gbs[r.gb.name]
+                    try:
+                        size, pstart, tiles = rt.codec.decode_period(blob)
+                    except Exception as e:
+                        r.error = f"period value cannot be decoded: {type(e).__name__}: {e}"
+                        continue
+                    if pstart + rt.period_ms[size] + rt.settle_ms <= now:
+                        self.tile_cache.put((dataset, key), tiles)
+                    r.tiles.update({(size, s): tile for s, tile in tiles.items()})
+
+    def _stream_get(self, dataset: str, keys: list[bytes]) -> tuple[dict[bytes, bytes], frozenset[bytes]]:
+        report = getattr(self.stream, "multi_get_report", None)
+        if report is not None:
+            res = report(dataset, keys)
+            return res.values, res.unavailable
+        return self.stream.multi_get(dataset, keys), frozenset()
+
+    def cache_stats(self) -> dict[str, int]:
+        return {
+            "batch_hits": self.batch_cache.hits,
+            "batch_misses": self.batch_cache.misses,
+            "batch_size": len(self.batch_cache),
+            "tile_hits": self.tile_cache.hits,
+            "tile_misses": self.tile_cache.misses,
+            "tile_size": len(self.tile_cache),
+        }
+
+
+def _boundary_from_version_name(name: str) -> int | None:
+    """A version without a metadata record: ``YYYY-MM-DD[.rN]`` names the day whose end is the boundary."""
+    import datetime as dt
+
+    try:
+        day = dt.date.fromisoformat(name.split(".", 1)[0])
+    except ValueError:
+        return None
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000) + DAY_MS
