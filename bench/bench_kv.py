@@ -5,7 +5,7 @@
     python bench/bench_kv.py --engines             # also the raw embedded-engine comparison (LMDB/RocksDB/SQLite)
 
 Keys are layout keys (``kvstore.codec.make_key``, 20 bytes) of distinct entities; values are ``--value-bytes``
-(200) bytes. Loads time ``bulk_upload`` + ``publish`` (bulk stores) or ``multi_put`` in batches of 1,000
+(200) incompressible bytes. Loads time ``bulk_upload`` + ``publish`` (bulk stores) or ``multi_put`` in batches of 1,000
 (memcached). Reads pick keys uniformly at random over the whole data set (the cache-hostile case), after a
 warm-up, one call at a time from one thread. The servers are started on 127.0.0.1 by kvstore.services and
 stopped at the end.
@@ -29,6 +29,7 @@ from pathlib import Path
 from kvstore.base import Capability, KVStore
 from kvstore.codec import KeyLayout, encode_entity, seal
 from kvstore.embedded import EmbeddedBulkStore
+from kvstore.errors import PartialWriteError
 from kvstore.memcached import MemcachedStore
 from kvstore.services import Service, postgres_bin_dir, start_memcached_cluster, start_postgres
 
@@ -60,8 +61,13 @@ def key_of(i: int) -> bytes:
     return LAYOUT.key(encode_entity([i]))
 
 
+_POOL = random.Random(1).randbytes(1 << 20)
+
+
 def value_of(i: int, size: int) -> bytes:
-    return (i.to_bytes(8, "big") * (size // 8 + 1))[:size]
+    """``size`` incompressible bytes, different per key (so compressing engines get no unfair help)."""
+    off = (i * 2654435761) % (len(_POOL) - size)
+    return (i.to_bytes(8, "big") + _POOL[off : off + size])[:size]
 
 
 def items(n: int, size: int) -> Iterator[tuple[bytes, bytes]]:
@@ -95,21 +101,34 @@ def dir_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
+def put_retrying(store: KVStore, dataset: str, batch: dict[bytes, bytes], attempts: int = 20) -> None:
+    """What a stream writer does: retry the keys a PartialWriteError names (tile writes are idempotent)."""
+    for _ in range(attempts):
+        try:
+            store.multi_put(dataset, batch)
+            return
+        except PartialWriteError as e:
+            batch = {k: batch[k] for k in e.failed_keys}
+            time.sleep(0.5)
+    raise RuntimeError(f"{len(batch)} keys still unwritten after {attempts} attempts")
+
+
 def bench_store(store: KVStore, n: int, value_bytes: int, queries: int) -> Row:
     dataset = "bench"
     t0 = time.perf_counter()
     if Capability.VERSIONS in store.capabilities:
-        store.bulk_upload(dataset, "v1", items(n, value_bytes))
-        store.publish(dataset, "v1")
+        version = f"v{time.time_ns()}"  # a fresh version each run, also in a reused --workdir
+        store.bulk_upload(dataset, version, items(n, value_bytes))
+        store.publish(dataset, version)
     else:
         batch: dict[bytes, bytes] = {}
         for k, v in items(n, value_bytes):
             batch[k] = v
             if len(batch) == 1000:
-                store.multi_put(dataset, batch)
+                put_retrying(store, dataset, batch)
                 batch = {}
         if batch:
-            store.multi_put(dataset, batch)
+            put_retrying(store, dataset, batch)
     load_s = time.perf_counter() - t0
     disk = dir_mib(store.root) if isinstance(store, EmbeddedBulkStore) else None
     return Row(store.name, n, load_s, disk, measure(lambda ks: store.multi_get(dataset, ks), n, queries))
@@ -198,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=3000, help="timed calls per request size")
     ap.add_argument("--backends", default="embedded,postgres,memcached")
     ap.add_argument("--engines", action="store_true", help="also compare raw LMDB / RocksDB / SQLite")
-    ap.add_argument("--workdir", default=None, help="where data files go (default: a temporary directory)")
+    ap.add_argument("--workdir", default=None, help="where data files go (default: a temporary dir, removed)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tessera-bench-kv-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -245,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown backend {backend!r}; use embedded, postgres, memcached")
         if args.engines:
             for fn, name in ((engine_lmdb, "lmdb"), (engine_rocksdb, "rocksdb"), (engine_sqlite, "sqlite")):
+                shutil.rmtree(work / f"engine-{name}", ignore_errors=True)
                 report(fn(work / f"engine-{name}", n, vb, q))
                 shutil.rmtree(work / f"engine-{name}", ignore_errors=True)
     finally:

@@ -5,8 +5,9 @@ Contracts:
 * Placement: a key goes to the node that owns :func:`kvstore.codec.route_token` of it (its entity) on a
   :class:`~kvstore.ring.HashRing`, so all values of one entity share a node and a ``multi_get`` costs one
   ``get_many`` round trip per node touched. Requests to several nodes run concurrently.
-* Budget: a call returns within about ``connect_timeout_s + timeout_s`` (its *budget*, :attr:`budget_s`) whatever
-  a node does. A node that fails or times out is marked dead for ``dead_timeout_s``: meanwhile its keys are
+* Budget: a read returns within about ``connect_timeout_s + timeout_s`` (its *budget*, :attr:`budget_s`)
+  whatever a node does; a write within ``connect_timeout_s + write_timeout_s`` (writers flush in the background
+  and would rather wait than drop). A node that fails or times out is marked dead for ``dead_timeout_s``: meanwhile its keys are
   reported unavailable at once, then one call probes it again. Other nodes keep answering.
 * ``multi_get`` returns the values from reachable nodes; :meth:`MemcachedStore.multi_get_report` also says which
   keys could not be asked. ``multi_put`` writes what it can and then raises
@@ -59,6 +60,7 @@ class GetResult:
 class _Node:
     name: str
     client: PooledClient
+    write_client: PooledClient
     executor: ThreadPoolExecutor
     dead_until: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,6 +113,7 @@ class MemcachedStore(ClosedMixin, KVStore):
         ttl_s: int = 40 * 24 * 3600,
         connect_timeout_s: float = 0.1,
         timeout_s: float = 0.1,
+        write_timeout_s: float = 1.0,
         dead_timeout_s: float = 4.0,
         pool_size: int = 8,
         item_size_max: int | None = None,
@@ -120,20 +123,26 @@ class MemcachedStore(ClosedMixin, KVStore):
         self.ttl_s = ttl_s
         self.dead_timeout_s = dead_timeout_s
         self.budget_s = connect_timeout_s + timeout_s
+        self.write_budget_s = connect_timeout_s + write_timeout_s
         self._route = route
         self._item_size_max = item_size_max
         self._ring = HashRing([f"{h}:{p}" for h, p in addrs])
+
+        def client(h: str, p: int, timeout: float) -> PooledClient:
+            return PooledClient(
+                (h, p),
+                connect_timeout=connect_timeout_s,
+                timeout=timeout,
+                no_delay=True,
+                max_pool_size=pool_size,
+                default_noreply=False,
+            )
+
         self._nodes = [
             _Node(
                 name=f"{h}:{p}",
-                client=PooledClient(
-                    (h, p),
-                    connect_timeout=connect_timeout_s,
-                    timeout=timeout_s,
-                    no_delay=True,
-                    max_pool_size=pool_size,
-                    default_noreply=False,
-                ),
+                client=client(h, p, timeout_s),
+                write_client=client(h, p, write_timeout_s),
                 executor=ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"memcached-{p}"),
             )
             for h, p in addrs
@@ -172,12 +181,12 @@ class MemcachedStore(ClosedMixin, KVStore):
     def _mark_dead(self, node: _Node) -> None:
         node.dead_until = time.monotonic() + self.dead_timeout_s
 
-    def _call(self, node: _Node, fn: Callable[[PooledClient], object]) -> object | None:
+    def _call(self, node: _Node, fn: Callable[[PooledClient], object], write: bool = False) -> object | None:
         """Run ``fn`` on ``node``; None if the node is dead or fails (then it is marked dead)."""
         if not self._alive(node):
             return None
         try:
-            return fn(node.client)
+            return fn(node.write_client if write else node.client)
         except MemcacheServerError as e:
             if "too large" in str(e):
                 raise ValueTooLargeError(f"memcached {node.name} refused a value as too large: {e}") from e
@@ -187,17 +196,19 @@ class MemcachedStore(ClosedMixin, KVStore):
             self._mark_dead(node)
             return None
 
-    def _fan_out(self, tasks: dict[int, Callable[[PooledClient], object]]) -> dict[int, object | None]:
+    def _fan_out(
+        self, tasks: dict[int, Callable[[PooledClient], object]], write: bool = False
+    ) -> dict[int, object | None]:
         """Run one task per node concurrently (the first in this thread); results within the budget."""
         if not tasks:
             return {}
         items = list(tasks.items())
         futures: dict[int, Future[object | None]] = {
-            i: self._nodes[i].executor.submit(self._call, self._nodes[i], fn) for i, fn in items[1:]
+            i: self._nodes[i].executor.submit(self._call, self._nodes[i], fn, write) for i, fn in items[1:]
         }
-        deadline = time.monotonic() + self.budget_s
+        deadline = time.monotonic() + (self.write_budget_s if write else self.budget_s)
         first_i, first_fn = items[0]
-        results: dict[int, object | None] = {first_i: self._call(self._nodes[first_i], first_fn)}
+        results: dict[int, object | None] = {first_i: self._call(self._nodes[first_i], first_fn, write)}
         wait_futures(list(futures.values()), timeout=max(0.0, deadline - time.monotonic()))
         for i, fut in futures.items():
             # Not done: the call's budget is spent; report the node's keys unavailable. The worker marks the node
@@ -261,7 +272,7 @@ class MemcachedStore(ClosedMixin, KVStore):
         expire = memcached_expire(self.ttl_s)
         tasks = {i: _set_many(p, expire) for i, p in payloads.items()}
         failed: set[bytes] = set()
-        for i, res in self._fan_out(tasks).items():
+        for i, res in self._fan_out(tasks, write=True).items():
             if res is None:
                 failed.update(groups[i].values())
             else:
@@ -281,3 +292,4 @@ class MemcachedStore(ClosedMixin, KVStore):
         for node in self._nodes:
             node.executor.shutdown(wait=False, cancel_futures=True)
             node.client.close()
+            node.write_client.close()
