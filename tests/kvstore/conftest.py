@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kv_helpers import new_name
+from kv_helpers import make_store, new_name
 
 from kvstore.base import Capability, KVStore
-from kvstore.embedded import EmbeddedBulkStore
-from kvstore.memcached import MemcachedStore
 from kvstore.services import Service, ServiceError, postgres_bin_dir, start_memcached_cluster, start_postgres
 
 BACKENDS = ["embedded", "postgres", "memcached"]
@@ -53,21 +51,6 @@ def fresh_memcached_cluster() -> Iterator[list[Service]]:
     yield nodes
     for n in nodes:
         n.stop()
-
-
-def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path, **kwargs: object) -> KVStore:
-    """A new store of ``backend`` on the session's servers (embedded: under ``tmp_path``)."""
-    if backend == "embedded":
-        return EmbeddedBulkStore(tmp_path / "kv", **kwargs)  # type: ignore[arg-type]
-    if backend == "postgres":
-        from kvstore.postgres import PostgresBulkStore
-
-        server: Service = request.getfixturevalue("postgres_server")
-        return PostgresBulkStore(server.extra["dsn"], **kwargs)  # type: ignore[arg-type]
-    if backend == "memcached":
-        nodes: list[Service] = request.getfixturevalue("memcached_cluster")
-        return MemcachedStore([n.address for n in nodes], **kwargs)  # type: ignore[arg-type]
-    raise ValueError(backend)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
 
 from kvstore.base import Capability, KVStore
+from kvstore.embedded import EmbeddedBulkStore
+from kvstore.memcached import MemcachedStore
+from kvstore.services import Service
 
 
 def new_name(prefix: str) -> str:
@@ -25,3 +31,18 @@ def load(store: KVStore, dataset: str, items: dict[bytes, bytes], version: str |
 def tagged(keys: Iterable[bytes], tag: bytes) -> dict[bytes, bytes]:
     """Values that say which write they came from: ``tag + b"|" + key``."""
     return {k: tag + b"|" + k for k in keys}
+
+
+def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path, **kwargs: object) -> KVStore:
+    """A new store of ``backend`` on the session's servers (embedded: under ``tmp_path``)."""
+    if backend == "embedded":
+        return EmbeddedBulkStore(tmp_path / "kv", **kwargs)  # type: ignore[arg-type]
+    if backend == "postgres":
+        from kvstore.postgres import PostgresBulkStore
+
+        server: Service = request.getfixturevalue("postgres_server")
+        return PostgresBulkStore(server.extra["dsn"], **kwargs)  # type: ignore[arg-type]
+    if backend == "memcached":
+        nodes: list[Service] = request.getfixturevalue("memcached_cluster")
+        return MemcachedStore([n.address for n in nodes], **kwargs)  # type: ignore[arg-type]
+    raise ValueError(backend)

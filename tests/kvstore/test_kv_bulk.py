@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_store
-from kv_helpers import new_name, tagged
+from kv_helpers import make_store, new_name, tagged
 
 from kvstore.base import KVStore
 from kvstore.codec import make_key
 from kvstore.embedded import EmbeddedBulkStore
+
+pytestmark = pytest.mark.services  # real servers on 127.0.0.1
 
 KEYS = [make_key("gc", "p", b"e%d" % i) for i in range(20)]
 

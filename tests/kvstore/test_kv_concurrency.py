@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from kv_helpers import new_name, tagged
 from kv_worker import keys
 from test_kv_crash import spawn, worker_spec
 
 from kvstore.base import KVStore
+
+pytestmark = pytest.mark.services  # real servers on 127.0.0.1
 
 N = 400
 READ_SECONDS = 2.5

@@ -24,6 +24,8 @@ from kvstore.errors import (
     VersionNotFoundError,
 )
 
+pytestmark = pytest.mark.services  # real servers on 127.0.0.1
+
 KEYS = [make_key("conformance", "plan1", f"card-{i}".encode(), b"d1") for i in range(200)]
 
 ODD_KEYS = {

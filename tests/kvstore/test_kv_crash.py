@@ -23,6 +23,8 @@ from kvstore.errors import PartialWriteError
 from kvstore.memcached import MemcachedStore
 from kvstore.services import Service
 
+pytestmark = pytest.mark.services  # real servers on 127.0.0.1
+
 WORKER = Path(__file__).with_name("kv_worker.py")
 N = 3000
 

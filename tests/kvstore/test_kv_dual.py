@@ -15,6 +15,8 @@ from kvstore.errors import UnknownDatasetError, UnsupportedOperationError
 from kvstore.memcached import MemcachedStore
 from kvstore.services import Service
 
+pytestmark = pytest.mark.services  # real servers on 127.0.0.1
+
 KEYS = [make_key("d", "p", b"e%d" % i) for i in range(10)]
 
 

@@ -13,6 +13,8 @@ from kvstore.errors import ValueTooLargeError
 from kvstore.memcached import ITEM_OVERHEAD_BYTES, MemcachedStore
 from kvstore.services import Service
 
+pytestmark = pytest.mark.services  # real servers on 127.0.0.1
+
 
 @pytest.fixture
 def mc(memcached_cluster: list[Service]) -> Iterator[MemcachedStore]:
