@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages tessera needs, only when something is missing.
+# Installs the Debian packages tessera needs (memcached, Java, PostgreSQL), only when something is missing.
 set -euo pipefail
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# PostgreSQL: the distributed bulk-store option, tested against a real server started by the tests.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -12,4 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 # The Debian package starts a memcached on 11211; tessera starts its own servers on other ports.
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now memcached >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now memcached >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
+fi
