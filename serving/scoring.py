@@ -231,7 +231,9 @@ def train(
     if "scale_pos_weight" not in (params or {}):
         p["scale_pos_weight"] = n_neg / n_pos
     names = vectorizer.names
-    dtrain = xgb.DMatrix(X[tr], label=y[tr].astype(np.float32), feature_names=names, missing=np.nan)
+    dtrain = xgb.DMatrix(
+        X[tr], label=y[tr].astype(np.float32), feature_names=names, missing=np.nan, nthread=p["nthread"]
+    )
     started = time.perf_counter()
     booster = xgb.train(p, dtrain, num_boost_round=num_boost_round)
     train_s = time.perf_counter() - started
@@ -314,6 +316,7 @@ class Model:
         self.vectorizer = vectorizer
         self.thresholds = thresholds
         self.manifest = manifest
+        self.nthread = 1
 
     @classmethod
     def load(cls, model_dir: str | Path, *, nthread: int = 1) -> Model:
@@ -337,7 +340,9 @@ class Model:
             raise ModelError(
                 f"{d}: the booster's feature names differ from the vectorizer spec in {MANIFEST_FILE}"
             )
-        return cls(booster, vectorizer, thresholds, manifest)
+        model = cls(booster, vectorizer, thresholds, manifest)
+        model.nthread = nthread
+        return model
 
     @property
     def feature_names(self) -> list[str]:
@@ -357,7 +362,8 @@ class Model:
     def contributions(self, x: np.ndarray, top_k: int = 3) -> list[Contribution]:
         """The ``top_k`` features pushing this vector's score up the most (xgboost ``pred_contribs``, in
         log-odds), largest first; only positive contributions."""
-        dm = xgb.DMatrix(x[None, :], feature_names=self.feature_names, missing=np.nan)
+        dm = xgb.DMatrix(x[None, :], feature_names=self.feature_names, missing=np.nan, nthread=self.nthread)
+        # (DMatrix defaults to every core; on 2 shared cores that measured 18-28 ms instead of 0.35 ms)
         contribs = self.booster.predict(dm, pred_contribs=True)[0][:-1]  # the last column is the bias
         order = np.argsort(-contribs, kind="mergesort")[:top_k]
         return [
