@@ -300,6 +300,17 @@ def test_interpolated_variables_have_defaults() -> None:
         assert ":-" in ref or ":?" in ref, f"${{{ref}}} has no default"
 
 
+def test_readme_documents_every_variable_and_knob() -> None:
+    readme = (DOCKER / "README.md").read_text()
+    from tessera.config import ENV_VARS
+
+    for var in ENV_VARS:
+        assert f"`{var}`" in readme, f"docker/README.md does not document {var}"
+    knobs = {ref.split(":")[0] for ref in re.findall(r"\$\{([^}]+)\}", COMPOSE.read_text().replace("$$", ""))}
+    for knob in knobs:
+        assert f"`{knob}`" in readme, f"docker/README.md does not document the compose variable {knob}"
+
+
 # ---- configuration: TESSERA_* only, and only the ones tessera reads --------------------------------------------
 
 
