@@ -218,6 +218,9 @@ def train(
     ts = table.column(time_col).to_numpy(zero_copy_only=False).astype(np.int64)
 
     vectorizer = Vectorizer.for_join(join.output_schema)
+    missing = [c for c in vectorizer.input_columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"training set lacks {len(missing)} column(s) of Join {join.name!r}: {missing[:8]}")
     started = time.perf_counter()
     X = vectorizer.matrix(table)
     vectorize_s = time.perf_counter() - started

@@ -263,6 +263,9 @@ def test_cli_main(table: pa.Table, tmp_path: Path, capsys: pytest.CaptureFixture
     assert (out / MODEL_FILE).exists() and (out / MANIFEST_FILE).exists()
     assert "PR-AUC" in capsys.readouterr().out
     assert main(["--join", "nope", "--training-set", str(path), "--out", str(out)]) == 1
+    pq.write_table(table.drop_columns(["card_amount_usd_count_10m"]), path)
+    assert main(["--join", "fraud_v1", "--training-set", str(path), "--out", str(out)]) == 1
+    assert "card_amount_usd_count_10m" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------- rules
