@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv kv-up kv-down
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill kv-up kv-down
 BROKER_PORT ?= 9092
 
 help: ## List the targets
@@ -63,6 +63,9 @@ demo: setup streaming ## The whole story on embedded defaults
 
 bench-kv: setup ## KV benchmark: bulk-load keys/s, multi-get p50/p99 per backend (1 M keys; BENCH_KV_ARGS="--keys 10000000 --engines")
 	$(BIN)/python bench/bench_kv.py $(BENCH_KV_ARGS)
+
+bench-backfill: setup ## Backfill benchmark: our Spark backfill vs DuckDB RANGE windows, 1 M events (BENCH_ARGS=--large: 10 M)
+	$(BIN)/python bench/bench_backfill.py $(BENCH_ARGS)
 
 kv-up: setup ## Start 3 memcached + a PostgreSQL on 127.0.0.1 (PIDs in .data/services)
 	$(BIN)/python -m kvstore.services start memcached --nodes 3 --port 11311

@@ -130,6 +130,43 @@ def plan(
 
 
 @app.command()
+def backfill(
+    path: Path = typer.Argument(..., help="folder of feature definitions"),
+    join: str = typer.Option(..., "--join", help="the Join to build a training set for"),
+    left: Path = typer.Option(..., "--left", help="parquet of labeled requests (keys + ts + label columns)"),
+    out: Path = typer.Option(..., "--out", help="where to write the training set (parquet)"),
+    serving_delay: str = typer.Option("0ms", help="model online lag: an event counts only if ts < t - delay"),
+) -> None:
+    """Point-in-time-correct training set: every feature of the Join as the fetcher would have served it."""
+    from spark_jobs.backfill import run_backfill
+
+    stats = run_backfill(path, join, left, out, serving_delay=serving_delay)
+    console.print(
+        f"{stats['rows']:,} rows in {stats['seconds']:.1f} s ({stats['rows_per_s']:,.0f} rows/s) -> {out}"
+    )
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def broker(ctx: typer.Context) -> None:
+    """Start/stop the local Kafka-protocol broker, create topics (`tessera broker start --port 9092`)."""
+    from flink_jobs.broker import main as broker_main
+
+    raise typer.Exit(broker_main(list(ctx.args)))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def replay(ctx: typer.Context) -> None:
+    """Replay a parquet of events into a topic at a chosen rate (`tessera replay FILE --topic payments --rate 1000`)."""
+    from flink_jobs.replay import main as replay_main
+
+    raise typer.Exit(replay_main(list(ctx.args)))
+
+
+@app.command()
 def demo(
     data_dir: Path = typer.Option(
         Path(".data/demo"), help="the one folder everything the demo makes goes to"
