@@ -576,3 +576,85 @@ def test_spark_standalone_commands_exist_in_the_wheel(service: str) -> None:
     assert proc.returncode == 0 and "Usage:" in out, out
     for flag in (a for a in argv[2:] if a.startswith("--")):
         assert flag in out, f"{service}: {argv[1]} has no option {flag}"
+
+
+# ---- `flink run` against a local mini-cluster (the submitter's command, its target switched to local) ------------
+
+
+def _local_flink_run_argv(bootstrap: str, topic: str, out: Path) -> list[str]:
+    """compose's `flink run` options with the remote target made local and the image paths made this machine's;
+    the program is the smoke job (the tiling job needs memcached and a plan; tests/streaming covers it)."""
+    argv = flink_run_argv(full_command(services()["flink-submit"]))
+    assert argv is not None
+    options = argv[: argv.index("-py")]
+    local = []
+    skip = False
+    for token in options:
+        if skip:
+            skip = False
+            continue
+        if token in ("--target", "-t"):
+            local += [token, "local"]
+            skip = True
+        elif token.startswith("-Drest.address="):
+            local.append("-Drest.address=127.0.0.1")
+        else:
+            local.append(token)
+    local = [t for t in local if t not in ("--detached", "-d")]  # wait for the bounded job to finish
+    pyexec = str(FLINK_PYTHON)
+    program = ["-py", str(ROOT / "flink_jobs" / "smoke.py"), "-pyexec", pyexec, "-pyclientexec", pyexec]
+    job = ["--bootstrap", bootstrap, "--topic", topic, "--group-id", f"deploy-{topic}", "--out", str(out)]
+    return [str(FLINK_BIN), "run", *local, "-Drest.bind-address=127.0.0.1", *program, *job]
+
+
+@pytest.mark.slow
+@pytest.mark.services
+@pytest.mark.timeout(300)
+def test_flink_run_submits_a_python_job_to_a_local_mini_cluster(tmp_path: Path) -> None:
+    """`flink run -py … -pyexec … -pyclientexec …` (the submitter's shape) runs a Kafka-reading PyFlink job."""
+    import json
+    import signal
+
+    import pyarrow as pa
+
+    from flink_jobs.broker import create_topics, local_broker, tansu_binary
+    from flink_jobs.replay import replay
+
+    if not (FLINK_BIN.exists() and FLINK_PYTHON.exists()):
+        pytest.skip("no .venv-flink: run scripts/setup-streaming.sh")
+    try:
+        tansu_binary()
+    except Exception as e:
+        pytest.skip(f"no broker binary: {e}")
+    n, cards = 300, 7
+    with local_broker(pid_file=tmp_path / "tansu.pid") as broker:
+        create_topics(broker.bootstrap, {"deploy-check": 2})
+        table = pa.table(
+            {
+                "ts": pa.array([1_709_251_200_000 + 10 * i for i in range(n)], pa.int64()),
+                "card_id": [f"card-{i % cards}" for i in range(n)],
+            }
+        )
+        replay(table, "deploy-check", broker.bootstrap, key="card_id", event_time="ts")
+        out = tmp_path / "counts.json"
+        env = dict(os.environ, PATH=f"{FLINK_PYTHON.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        cmd = _local_flink_run_argv(broker.bootstrap, "deploy-check", out)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"flink run timed out:\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"{shlex.join(cmd)}\n{stdout[-3000:]}\n{stderr[-4000:]}"
+    assert "Job has been submitted" in stdout
+    result = json.loads(out.read_text())
+    assert result["events"] == n and len(result["counts"]) == cards and result["late"] == 0
