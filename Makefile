@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill kv-up kv-down
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill kv-up kv-down test-deploy
 BROKER_PORT ?= 9092
 
 help: ## List the targets
@@ -38,6 +38,9 @@ test: setup streaming ## Run the test suite (starts its own services)
 
 test-stream: setup streaming ## Streaming tests only (real broker + Flink mini-cluster)
 	$(BIN)/python -m pytest tests/streaming $(PYTEST_ARGS)
+
+test-deploy: setup streaming ## Static checks of docker/ (and local runs of the cluster CLIs)
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 test-slow: setup streaming ## Run the slow suites too (large data, long streams)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
