@@ -18,12 +18,14 @@ direct fold of the events in the window (``features.reference``) — the propert
 
 from __future__ import annotations
 
+import bisect
+import functools
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.encoding import EncodingError, Reader, Writer, decode_irs, encode_irs
+from features.encoding import FORMAT_VERSION, EncodingError, Reader, Writer, decode_irs, encode_irs
 from features.ops import AggOp, OpParams, get_op
 from features.ops.bucketed import Bucketed
 from features.plan import GroupByPlan, WindowPlan
@@ -71,6 +73,38 @@ class Tile:
     max_ts: int
 
 
+_MISSING = object()
+
+
+class LazyIRs:
+    """A tile's IR list decoded one aggregation at a time, on first use: a fetch merges a window's tiles only
+    for the aggregations that use that window, so most payloads of a fresh tile are never decoded."""
+
+    __slots__ = ("_items", "_ops", "_payloads")
+
+    def __init__(self, ops: Sequence[AggOp], payloads: list[bytes]):
+        if len(payloads) != len(ops):
+            raise EncodingError(f"tile holds {len(payloads)} IRs but the plan has {len(ops)} aggregations")
+        self._ops = ops
+        self._payloads = payloads
+        self._items: list[Any] = [_MISSING] * len(payloads)
+
+    def __len__(self) -> int:
+        return len(self._payloads)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self._items[i]
+        if item is _MISSING:
+            item = self._items[i] = self._ops[i].decode(self._payloads[i])
+        return item
+
+    def __setitem__(self, i: int, value: Any) -> None:
+        self._items[i] = value
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self._payloads)))
+
+
 class StateCodec:
     """Folds projected rows into IR lists and (de)serializes tiles, period values and batch states of one
     GroupBy. Pure Python; the Flink job, the Spark jobs and the fetcher all use it."""
@@ -83,6 +117,13 @@ class StateCodec:
         self.tie_col = gb.source.tie_break
         self._aggs = [(agg.column, agg.bucket, op) for agg, op in zip(gb.aggregations, self.ops)]
         self.sizes = gb.stream.tile_sizes_ms if gb.stream else ()
+        #: features grouped by their window (length, hop, offset): (name, aggregation index, window index)
+        self.features_by_window: dict[tuple[int | None, int, int], list[tuple[str, int, int]]] = {}
+        for f in gb.features:
+            w = gb.aggregations[f.agg_index].windows[f.window_index]
+            self.features_by_window.setdefault((w.length_ms, w.hop_ms, w.offset_ms), []).append(
+                (f.name, f.agg_index, f.window_index)
+            )
         self.period_of = {lv.size_ms: lv.period_ms for lv in gb.stream.levels} if gb.stream else {}
 
     # ---- IR lists --------------------------------------------------------------------------------------
@@ -139,7 +180,9 @@ class StateCodec:
             w.raw(self.encode(tile.irs))
         return w.getvalue()
 
-    def decode_period(self, data: bytes) -> tuple[int, int, dict[int, Tile]]:
+    def decode_period(self, data: bytes, *, lazy: bool = False) -> tuple[int, int, dict[int, Tile]]:
+        """Inverse of :meth:`encode_period`. ``lazy``: IRs are decoded per aggregation on first use (the
+        tiles are then for reading and merging from, as a fetch does)."""
         r = Reader(data)
         version = r.byte()
         if version != TILES_FORMAT:
@@ -152,7 +195,9 @@ class StateCodec:
         for _ in range(r.uvarint()):
             start = period_start + r.uvarint() * size
             max_ts = start + r.svarint()
-            tiles[start] = Tile(self.decode(r.raw()), max_ts)
+            blob = r.raw()
+            irs = LazyIRs(self.ops, _split_container(blob)) if lazy else self.decode(blob)
+            tiles[start] = Tile(irs, max_ts)  # type: ignore[arg-type]
         r.done()
         return size, period_start, tiles
 
@@ -197,12 +242,35 @@ class StateCodec:
         return BatchState(boundary, validity, windows)
 
 
+def _split_container(blob: bytes) -> list[bytes]:
+    """The payloads of an IR container (``features.encoding.encode_irs``) without decoding them."""
+    r = Reader(blob)
+    version = r.byte()
+    if version != FORMAT_VERSION:
+        raise EncodingError(
+            f"IR container format {version} is not {FORMAT_VERSION}; written by another tessera"
+        )
+    payloads = [r.raw() for _ in range(r.uvarint())]
+    r.done()
+    return payloads
+
+
 @dataclass
 class WindowState:
     """Batch state of one (aggregation, window): the body IR and the edge tiles by start (hop-sized)."""
 
     body: Any
     tiles: dict[int, Any] = field(default_factory=dict)
+    _starts: list[int] | None = field(default=None, repr=False, compare=False)
+
+    def tiles_within(self, lo: int, hi: int, hop_ms: int) -> list[Any]:
+        """The IRs of the edge tiles that lie inside ``[lo, hi)`` (found by bisection, not a scan)."""
+        if self._starts is None or len(self._starts) != len(self.tiles):
+            self._starts = sorted(self.tiles)
+        starts = self._starts
+        i = bisect.bisect_left(starts, lo)
+        j = bisect.bisect_right(starts, hi - hop_ms)
+        return [self.tiles[s] for s in starts[i:j]]
 
 
 @dataclass
@@ -276,31 +344,56 @@ def _update(op: AggOp, ir: Any, b: Any, bucket: str | None, value: Any, ts: int,
     return op.update(ir, value, ts, tie)
 
 
+@functools.lru_cache(maxsize=4096)
+def _cover(lo: int, hi: int, sizes: tuple[int, ...]) -> tuple[TileKey, ...]:
+    return tuple(cover(lo, hi, sizes)) if lo < hi else ()
+
+
+def _window_key(w: WindowPlan) -> tuple[int | None, int, int]:
+    return (w.length_ms, w.hop_ms, w.offset_ms)
+
+
+def window_pieces(
+    gb: GroupByPlan, t_ms: int, boundary_ms: int
+) -> dict[tuple[int | None, int, int], list[TileKey]]:
+    """Per distinct window of the GroupBy (length, hop, offset): the stream tiles covering its part at or after
+    the boundary, ``[max(start, B), end)``; the last may be the smallest tile straddling ``t``."""
+    assert gb.stream is not None
+    sizes = gb.stream.tile_sizes_ms
+    smallest = sizes[0]
+    out: dict[tuple[int | None, int, int], list[TileKey]] = {}
+    for agg in gb.aggregations:
+        for w in agg.windows:
+            wk = _window_key(w)
+            if wk in out:
+                continue
+            start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
+            lo = max(start, boundary_ms)
+            if lo >= end:
+                out[wk] = []
+                continue
+            hi = align(end, smallest)
+            tiles = list(_cover(lo, hi, sizes))
+            if hi < end:  # the head: the smallest tile holding t, exact when it holds nothing at or after t
+                tiles.append((smallest, hi))
+            out[wk] = tiles
+    return out
+
+
 def stream_reads(
     gb: GroupByPlan, t_ms: int, boundary_ms: int
 ) -> tuple[set[TileKey], dict[tuple[int, int], list[TileKey]]]:
     """Which stream tiles a fetch at ``t`` reads: the stored period values to get, and per (aggregation,
     window) the tiles to merge. The last tile may straddle ``t`` (see :func:`merge_features`)."""
     assert gb.stream is not None
-    sizes = gb.stream.tile_sizes_ms
     period_of = {lv.size_ms: lv.period_ms for lv in gb.stream.levels}
-    smallest = sizes[0]
-    values: set[TileKey] = set()
-    pieces: dict[tuple[int, int], list[TileKey]] = {}
-    for ai, agg in enumerate(gb.aggregations):
-        for wi, w in enumerate(agg.windows):
-            start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
-            lo = max(start, boundary_ms)
-            if lo >= end:
-                pieces[(ai, wi)] = []
-                continue
-            hi = align(end, smallest)
-            tiles = cover(lo, hi, sizes) if lo < hi else []
-            if hi < end:  # the head: the smallest tile holding t, exact when it holds nothing at or after t
-                tiles.append((smallest, hi))
-            pieces[(ai, wi)] = tiles
-            for size, tile_start in tiles:
-                values.add((size, align(tile_start, period_of[size])))
+    by_window = window_pieces(gb, t_ms, boundary_ms)
+    values = {(size, align(start, period_of[size])) for tiles in by_window.values() for size, start in tiles}
+    pieces = {
+        (ai, wi): by_window[_window_key(w)]
+        for ai, agg in enumerate(gb.aggregations)
+        for wi, w in enumerate(agg.windows)
+    }
     return values, pieces
 
 
@@ -337,28 +430,29 @@ def merge_features(
     result = FetchResult({})
     if batch is not None and not batch.boundary_ms <= t_ms <= batch.boundary_ms + batch.validity_ms:
         result.stale_batch = True
-    _, pieces = stream_reads(gb, t_ms, boundary) if gb.stream else (set(), {})
-    for f in gb.features:
-        ai, wi = f.agg_index, f.window_index
-        op = codec.ops[ai]
-        w = gb.aggregations[ai].windows[wi]
-        start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
-        ir = op.init()
-        if batch is not None:
-            ws = batch.windows[ai][wi]
-            ir = op.merge(ir, ws.body)
-            batch_end = min(end, boundary)
-            for tile_start, tile_ir in ws.tiles.items():
-                if start <= tile_start and tile_start + w.hop_ms <= batch_end:
-                    ir = op.merge(ir, tile_ir)
-        for size, tile_start in pieces.get((ai, wi), []):
-            tile = stream_tiles.get((size, tile_start))
-            if tile is None:
-                continue
+    by_window = window_pieces(gb, t_ms, boundary) if gb.stream else {}
+    for wk, features in codec.features_by_window.items():
+        length_ms, hop_ms, offset_ms = wk
+        start, end = window_interval(t_ms, length_ms, hop_ms, offset_ms)
+        batch_end = min(end, boundary)
+        present = [
+            (size, ts, tile) for size, ts in by_window.get(wk, ()) if (tile := stream_tiles.get((size, ts)))
+        ]
+        for size, tile_start, tile in present:
             if tile_start + size > end and tile.max_ts >= end:
                 result.inexact_head = True
-            ir = op.merge(ir, tile.irs[ai])
-        result.values[f.name] = op.finalize(ir)
+        for name, ai, wi in features:
+            op = codec.ops[ai]
+            ir = op.init()
+            if batch is not None:
+                ws = batch.windows[ai][wi]
+                ir = op.merge(ir, ws.body)
+                for tile_ir in ws.tiles_within(start, batch_end, hop_ms):
+                    ir = op.merge(ir, tile_ir)
+            for _size, _start, tile in present:
+                ir = op.merge(ir, tile.irs[ai])
+            result.values[name] = op.finalize(ir)
+    result.values = {f.name: result.values[f.name] for f in gb.features}
     return result
 
 

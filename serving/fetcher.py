@@ -390,7 +390,7 @@ class Fetcher:
                         continue
                     rt = self._gbs[r.gb.name]
                     try:
-                        size, pstart, tiles = rt.codec.decode_period(blob)
+                        size, pstart, tiles = rt.codec.decode_period(blob, lazy=True)
                     except Exception as e:
                         r.error = f"period value cannot be decoded: {type(e).__name__}: {e}"
                         continue
