@@ -319,3 +319,62 @@ class Tiler:
 def align_period(codec: StateCodec, size_ms: int, ts_ms: int) -> int:
     """The start of the period (of level ``size_ms``) holding ``ts_ms``."""
     return align(ts_ms, codec.period_of[size_ms])
+
+
+class PeriodEntry:
+    """One period value being updated in place: its tiles as IR bytes, decoded only when a row lands in them.
+
+    This is how the Flink operator keeps state: the bytes of :meth:`value` are both what keyed state holds and
+    what memcached gets (byte-identical to :meth:`StateCodec.encode_period`), and an update re-encodes one tile.
+    """
+
+    __slots__ = ("period_start", "size", "tiles")
+
+    def __init__(self, size_ms: int, period_start_ms: int) -> None:
+        self.size = size_ms
+        self.period_start = period_start_ms
+        # tile start -> [max_ts, decoded IRs or None, encoded IRs]
+        self.tiles: dict[int, list[Any]] = {}
+
+    @classmethod
+    def from_value(cls, data: bytes) -> PeriodEntry:
+        """Parse a period value without decoding any IR."""
+        r = Reader(data)
+        version = r.byte()
+        if version != TILES_FORMAT:
+            raise ValueError(f"period value format {version} is not {TILES_FORMAT}")
+        entry = cls(r.uvarint(), r.svarint())
+        for _ in range(r.uvarint()):
+            start = entry.period_start + r.uvarint() * entry.size
+            max_ts = start + r.svarint()
+            entry.tiles[start] = [max_ts, None, r.raw()]
+        r.done()
+        return entry
+
+    def update(self, codec: StateCodec, row: Mapping[str, Any]) -> None:
+        """Fold a projected row (its event time must fall in this period) into its tile."""
+        ts = row[codec.time_col]
+        start = ts - ts % self.size
+        tile = self.tiles.get(start)
+        if tile is None:
+            irs = codec.init()
+            tile = self.tiles[start] = [ts, irs, b""]
+        elif tile[1] is None:
+            tile[1] = codec.decode(tile[2])
+        codec.update(tile[1], row)
+        if ts > tile[0]:
+            tile[0] = ts
+        tile[2] = codec.encode(tile[1])
+
+    def value(self) -> bytes:
+        w = Writer()
+        w.buf.append(TILES_FORMAT)
+        w.uvarint(self.size)
+        w.svarint(self.period_start)
+        w.uvarint(len(self.tiles))
+        for start in sorted(self.tiles):
+            max_ts, _, enc = self.tiles[start]
+            w.uvarint((start - self.period_start) // self.size)
+            w.svarint(max_ts - start)
+            w.raw(enc)
+        return w.getvalue()

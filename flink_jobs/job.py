@@ -1,0 +1,658 @@
+"""The streaming tiling job: Kafka (JSON events) -> row logic -> tiles in Flink keyed state -> memcached.
+
+Built from a compiled plan only. Per source topic of the chosen GroupBys::
+
+    KafkaSource (record timestamp = event time; per-partition bounded-out-of-orderness watermarks)
+      -> parse + validate against the source schema        (malformed -> <source>.dlq with the reason)
+      -> late check: ts < watermark - allowed lateness      (late -> <source>.late, counted, not applied)
+      -> each GroupBy's compiled row logic, keyed by (GroupBy, entity)
+    union -> key_by -> TileFunction: period values in MapState (the shared tile encoding, never pickle), flushed to
+      memcached as idempotent full-IR upserts on a processing-time timer (``--flush-interval-ms``; 0 = at once)
+      and on watermark progress; periods past retention are cleared by event-time timers.
+
+The decisions (lateness, tiles, eviction, bytes) live in :mod:`flink_jobs.tiling`; this module moves bytes.
+
+Runs in ``.venv-flink`` (apache-flink 2.3, the Kafka connector jars of ``.tools/jars``)::
+
+    .venv-flink/bin/python -m flink_jobs.job --plan plan.json --all --bootstrap 127.0.0.1:9092 \\
+        --memcached 127.0.0.1:11211 --checkpoint-dir .data/checkpoints
+
+Restart after a crash from the latest complete checkpoint: the same command with ``--restore latest``
+(or ``--restore PATH/chk-N``). On a Flink cluster: ``flink run -py flink_jobs/job.py -pyfs <repo> -- <args>``.
+
+Metrics (Flink metric group ``tessera``): ``events_in``, ``events_out`` (rows handed to the tiler), ``late``,
+``dead_lettered``, ``filtered``, ``end_markers`` (parse operator); ``applied``, ``flushes``, ``values_flushed``,
+``flush_errors``, ``periods_evicted`` and the distribution ``flush_latency_us`` (tile operator). With
+``--metrics-dir`` each operator also writes its counters as JSON there (every second and at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from features.plan import GroupByPlan, Plan
+from features.reference import row_function
+from features.tiles import StateCodec, tile_suffix
+from features.windows import align
+from flink_jobs.tiling import PeriodEntry, entity_of, is_late, retention_of
+from kvstore.codec import KeyLayout, encode_entity
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JARS = ROOT / ".tools" / "jars"
+JAR_NAMES = ("flink-connector-kafka.jar", "kafka-clients.jar")
+END_MARKER_FIELD = "__tessera_end__"  # kept in step with flink_jobs.replay (no kafka-python here)
+LONG_MIN = -(2**63)
+#: Watermarks at or beyond this are "end of input": flush, don't evict.
+END_OF_INPUT_MS = 2**62
+#: Eviction timers are rounded up to this, so one key registers few of them.
+EVICT_GRANULARITY_MS = 5 * 60_000
+_KEY_SEP = "\x1f"
+
+
+# ---- settings --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobSettings:
+    bootstrap: str
+    memcached: list[str]
+    checkpoint_dir: Path | None = None
+    checkpoint_interval_ms: int = 1000
+    restore: str | None = None
+    group_id: str = "tessera-stream"
+    bounded: bool = False
+    starting_offsets: str = "earliest"
+    out_of_orderness_ms: int = 0
+    flush_interval_ms: int | None = None  # None: the plan's
+    bundle_size: int = 1000
+    bundle_time_ms: int = 10
+    buffer_timeout_ms: int = 5
+    execution_mode: str = "process"
+    parallelism: int = 1
+    ttl_s: int = 40 * 24 * 3600
+    metrics_dir: Path | None = None
+    jars_dir: Path = DEFAULT_JARS
+    job_name: str = "tessera-stream"
+    state_cache_size: int = 100_000
+    watermark_interval_ms: int = 20
+
+
+# ---- validation (pure) -----------------------------------------------------------------------------------
+
+_INT_TYPES = {"long", "int", "integer", "bigint", "short", "smallint", "byte", "tinyint", "timestamp", "date"}
+_FLOAT_TYPES = {"double", "float", "decimal"}
+
+
+def _type_ok(value: Any, declared: str) -> bool:
+    t = declared.lower().split("(")[0]
+    if value is None:
+        return True
+    if t in _INT_TYPES:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t in _FLOAT_TYPES:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if t == "string":
+        return isinstance(value, str)
+    if t == "boolean":
+        return isinstance(value, bool)
+    return True
+
+
+def parse_event(raw: str | None, schema: dict[str, str], time_column: str) -> tuple[str, Any]:
+    """``("ok", event)``, ``("marker", None)`` or ``("bad", reason)`` for one record value.
+
+    Every schema field must be present (``null`` allowed) with a value of its type; the event time must be an
+    integer. Fields outside the schema are ignored.
+    """
+    if raw is None:
+        return "bad", "null value (tombstone)"
+    try:
+        value = json.loads(raw)
+    except (ValueError, TypeError) as e:
+        return "bad", f"not JSON: {e}"
+    if not isinstance(value, dict):
+        return "bad", f"not a JSON object but {type(value).__name__}"
+    if value.get(END_MARKER_FIELD):
+        return "marker", None
+    for name, declared in schema.items():
+        if name not in value:
+            return "bad", f"missing field {name!r}"
+        if not _type_ok(value[name], declared):
+            return "bad", f"field {name!r} is {type(value[name]).__name__}, not {declared}"
+    ts = value.get(time_column)
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return "bad", f"event time {time_column!r} is {ts!r}, not epoch milliseconds"
+    return "ok", value
+
+
+def flink_key(gb_index: int, entity: Sequence[Any]) -> str:
+    return f"{gb_index}{_KEY_SEP}{json.dumps(list(entity), separators=(',', ':'))}"
+
+
+def parse_flink_key(key: str) -> tuple[int, tuple[Any, ...]]:
+    gi, _, parts = key.partition(_KEY_SEP)
+    return int(gi), tuple(json.loads(parts))
+
+
+def select_group_bys(plan: Plan, names: Sequence[str] | None) -> list[GroupByPlan]:
+    """The GroupBys the job runs: ``names``, or every online GroupBy with a stream plan."""
+    if names:
+        gbs = [plan.group_by(n) for n in names]
+        for gb in gbs:
+            if gb.stream is None:
+                raise ValueError(f"GroupBy {gb.name} has no stream plan (online=False?)")
+        return gbs
+    return [gb for gb in plan.group_bys if gb.online and gb.stream is not None]
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete ``chk-N`` (it has ``_metadata``) under ``checkpoint_dir`` (any job id)."""
+    best: tuple[float, int, Path] | None = None
+    for meta in checkpoint_dir.glob("*/chk-*/_metadata"):
+        chk = meta.parent
+        try:
+            n = int(chk.name.removeprefix("chk-"))
+            cand = (meta.stat().st_mtime, n, chk)
+        except (ValueError, OSError):
+            continue
+        if best is None or cand[:2] > best[:2]:
+            best = cand
+    return best[2] if best else None
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+
+
+class _Metrics:
+    """Flink counters plus plain numbers written as JSON to ``metrics_dir`` (for tests and the bench)."""
+
+    def __init__(self, runtime_context: Any, operator: str, names: Sequence[str], metrics_dir: str | None):
+        group = runtime_context.get_metrics_group().add_group("tessera")
+        self.counters = {n: group.counter(n) for n in names}
+        self.values = dict.fromkeys(names, 0)
+        self.group = group
+        self.path: Path | None = None
+        if metrics_dir:
+            sub = runtime_context.get_index_of_this_subtask()
+            self.path = Path(metrics_dir) / f"{operator}-{sub}.json"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._last_write = 0.0
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counters[name].inc(n)
+        self.values[name] += n
+
+    def maybe_write(self, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_write >= 1.0:
+            self._last_write = now
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self.values, "pid": os.getpid(), "at": time.time()}))
+            os.replace(tmp, self.path)
+
+
+# ---- the operators (built lazily: pyflink is only importable in the Flink environment) ------------------
+
+
+def _functions() -> tuple[Any, Any]:
+    from pyflink.common import Types
+    from pyflink.datastream import KeyedProcessFunction, ProcessFunction, RuntimeContext
+    from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+
+    class ParseFunction(ProcessFunction):
+        """JSON -> validated event -> per GroupBy (row logic) a (GroupBy index, key, projected row) record."""
+
+        def __init__(
+            self,
+            plan_json: str,
+            names: list[str],
+            indexes: list[int],
+            late_tag: Any,
+            dlq_tag: Any,
+            metrics_dir: str | None,
+        ) -> None:
+            self.plan_json = plan_json
+            self.names = names
+            self.indexes = indexes
+            self.late_tag = late_tag
+            self.dlq_tag = dlq_tag
+            self.metrics_dir = metrics_dir
+
+        def open(self, runtime_context: RuntimeContext) -> None:
+            plan = Plan.from_json(self.plan_json)
+            self.gbs = [plan.group_by(n) for n in self.names]
+            src = self.gbs[0].source
+            self.schema = dict(src.schema)
+            self.time_column = src.time_column
+            self.lateness = src.allowed_lateness_ms
+            self.topic = src.topic
+            self.row_fns = [row_function(gb) for gb in self.gbs]
+            self.m = _Metrics(
+                runtime_context,
+                f"parse-{self.topic}",
+                ["events_in", "events_out", "late", "dead_lettered", "filtered", "end_markers"],
+                self.metrics_dir,
+            )
+
+        def close(self) -> None:
+            self.m.maybe_write(force=True)
+
+        def _dead(self, raw: str | None, reason: str, ts: int | None) -> tuple[Any, str]:
+            self.m.inc("dead_lettered")
+            return self.dlq_tag, json.dumps(
+                {"reason": reason, "topic": self.topic, "record_ts": ts, "value": raw}, separators=(",", ":")
+            )
+
+        def process_element(self, raw: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+            m = self.m
+            status, event = parse_event(raw, self.schema, self.time_column)
+            if status == "marker":
+                m.inc("end_markers")
+                m.maybe_write(force=True)
+                return
+            m.inc("events_in")
+            if status == "bad":
+                yield self._dead(raw, event, ctx.timestamp())
+                m.maybe_write()
+                return
+            wm = ctx.timer_service().current_watermark()
+            if is_late(event[self.time_column], wm if wm > LONG_MIN else None, self.lateness):
+                m.inc("late")
+                yield self.late_tag, raw
+                m.maybe_write()
+                return
+            for gi, gb, fn in zip(self.indexes, self.gbs, self.row_fns):
+                try:
+                    row = fn(event)
+                except Exception as e:  # a value the row logic cannot take: dead-letter, keep running
+                    yield self._dead(raw, f"row logic of {gb.name} failed: {e!r}", ctx.timestamp())
+                    break
+                if row is None:
+                    m.inc("filtered")
+                    continue
+                entity = entity_of(gb, row)
+                if entity is None:
+                    m.inc("filtered")
+                    continue
+                m.inc("events_out")
+                yield gi, flink_key(gi, entity), row
+            m.maybe_write()
+
+    class TileFunction(KeyedProcessFunction):
+        """Per (GroupBy, entity): period values in MapState; flush dirty ones to memcached."""
+
+        def __init__(self, plan_json: str, names: list[str], settings: dict[str, Any]) -> None:
+            self.plan_json = plan_json
+            self.names = names
+            self.settings = settings
+
+        def open(self, runtime_context: RuntimeContext) -> None:
+            from kvstore.memcached import MemcachedStore
+
+            plan = Plan.from_json(self.plan_json)
+            s = self.settings
+            self.gbs = [plan.group_by(n) for n in self.names]
+            self.codecs = [StateCodec(gb) for gb in self.gbs]
+            self.retention = [retention_of(gb) for gb in self.gbs]
+            self.layouts = [KeyLayout(gb.stream.dataset, gb.semantic_hash) for gb in self.gbs]  # type: ignore[union-attr]
+            self.datasets = [gb.stream.dataset for gb in self.gbs]  # type: ignore[union-attr]
+            self.lateness = [gb.source.allowed_lateness_ms for gb in self.gbs]
+            fi = s["flush_interval_ms"]
+            self.flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
+            self.store = MemcachedStore(
+                s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
+            )
+            self.periods = runtime_context.get_map_state(
+                MapStateDescriptor("periods", Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+            )
+            self.dirty = runtime_context.get_state(ValueStateDescriptor("dirty", Types.STRING()))
+            self.flush_at = runtime_context.get_state(ValueStateDescriptor("flush_at", Types.LONG()))
+            self.cache: OrderedDict[tuple[str, str], PeriodEntry] = OrderedDict()
+            self.cache_max = int(s.get("cache_periods", 200_000))
+            self.m = _Metrics(
+                runtime_context,
+                "tiles",
+                ["applied", "late_at_tiler", "flushes", "values_flushed", "flush_errors", "periods_evicted"],
+                s.get("metrics_dir"),
+            )
+            self.latency = self.m.group.distribution("flush_latency_us")
+
+        def close(self) -> None:
+            self.m.maybe_write(force=True)
+            self.store.close()
+
+        def _entry(self, key: str, pk: str) -> PeriodEntry | None:
+            entry = self.cache.get((key, pk))
+            if entry is None:
+                data = self.periods.get(pk)
+                if data is None:
+                    return None
+                entry = PeriodEntry.from_value(bytes(data))
+                self._remember(key, pk, entry)
+            return entry
+
+        def _remember(self, key: str, pk: str, entry: PeriodEntry) -> None:
+            self.cache[(key, pk)] = entry
+            if len(self.cache) > self.cache_max:
+                for _ in range(len(self.cache) // 4):
+                    self.cache.popitem(last=False)
+
+        def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+            gi, key, row = value
+            codec = self.codecs[gi]
+            ts = row[codec.time_col]
+            wm = ctx.timer_service().current_watermark()
+            if is_late(ts, wm if wm > LONG_MIN else None, self.lateness[gi]):
+                self.m.inc("late_at_tiler")  # never expected: the parse operator saw a later watermark
+                return iter(())
+            dirty_s = self.dirty.value() or ""
+            dirty = set(dirty_s.split(",")) if dirty_s else set()
+            timers = ctx.timer_service()
+            for size in codec.sizes:
+                period = codec.period_of[size]
+                ps = align(ts - ts % size, period)
+                pk = f"{size}:{ps}"
+                entry = self._entry(key, pk)
+                if entry is None:
+                    entry = PeriodEntry(size, ps)
+                    self._remember(key, pk, entry)
+                    expiry = ps + period + self.retention[gi][size]
+                    timers.register_event_time_timer(
+                        -(-expiry // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
+                    )
+                entry.update(codec, row)
+                self.periods.put(pk, entry.value())
+                dirty.add(pk)
+            self.m.inc("applied")
+            if self.flush_ms[gi] <= 0:
+                self._flush(gi, key, dirty)
+                self.dirty.clear()
+            else:
+                self.dirty.update(",".join(sorted(dirty)))
+                if self.flush_at.value() is None:
+                    at = timers.current_processing_time() + self.flush_ms[gi]
+                    timers.register_processing_time_timer(at)
+                    self.flush_at.update(at)
+            self.m.maybe_write()
+            return iter(())
+
+        def _flush(self, gi: int, key: str, dirty: set[str]) -> None:
+            if not dirty:
+                return
+            _, entity = parse_flink_key(key)
+            layout = self.layouts[gi]
+            ent = encode_entity(list(entity))
+            items: dict[bytes, bytes] = {}
+            for pk in dirty:
+                entry = self._entry(key, pk)
+                if entry is None:
+                    continue
+                size, _, ps = pk.partition(":")
+                items[layout.key(ent, tile_suffix(int(size), int(ps)))] = entry.value()
+            t0 = time.perf_counter()
+            for attempt in range(5):
+                try:
+                    self.store.multi_put(self.datasets[gi], items)
+                    break
+                except Exception:
+                    self.m.inc("flush_errors")
+                    if attempt == 4:
+                        raise  # fail the job: it restarts from the checkpoint and rewrites (idempotent)
+                    time.sleep(0.05 * (attempt + 1))
+            self.latency.update(int((time.perf_counter() - t0) * 1e6))
+            self.m.inc("flushes")
+            self.m.inc("values_flushed", len(items))
+
+        def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+            from pyflink.datastream import TimeDomain
+
+            key = ctx.get_current_key()
+            gi, _ = parse_flink_key(key)
+            dirty_s = self.dirty.value() or ""
+            if dirty_s:
+                self._flush(gi, key, set(dirty_s.split(",")))
+                self.dirty.clear()
+            if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+                self.flush_at.clear()
+            elif timestamp < END_OF_INPUT_MS:
+                self._evict(gi, key, timestamp)
+            self.m.maybe_write()
+            return iter(())
+
+        def _evict(self, gi: int, key: str, watermark: int) -> None:
+            codec = self.codecs[gi]
+            gone = []
+            for pk in list(self.periods.keys()):
+                size, _, ps = pk.partition(":")
+                s, p = int(size), int(ps)
+                if p + codec.period_of[s] + self.retention[gi][s] <= watermark:
+                    gone.append(pk)
+            for pk in gone:
+                self.periods.remove(pk)
+                self.cache.pop((key, pk), None)
+            if gone:
+                self.m.inc("periods_evicted", len(gone))
+
+    return ParseFunction, TileFunction
+
+
+# ---- the job graph ---------------------------------------------------------------------------------------
+
+
+def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
+    """The StreamExecutionEnvironment with the job's graph (not yet executed)."""
+    from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream import OutputTag, StreamExecutionEnvironment
+    from pyflink.datastream.connectors.base import DeliveryGuarantee
+    from pyflink.datastream.connectors.kafka import (
+        KafkaOffsetsInitializer,
+        KafkaRecordSerializationSchema,
+        KafkaSink,
+        KafkaSource,
+    )
+
+    jars = [settings.jars_dir / n for n in JAR_NAMES]
+    missing = [str(j) for j in jars if not j.exists()]
+    if missing:
+        raise FileNotFoundError(f"missing {missing}; run scripts/setup-streaming.sh")
+
+    config = Configuration()
+    config.set_string("python.executable", sys.executable)
+    config.set_string("python.client.executable", sys.executable)
+    config.set_string("rest.bind-address", "127.0.0.1")
+    config.set_string("rest.address", "127.0.0.1")
+    config.set_string("taskmanager.host", "127.0.0.1")
+    config.set_string("python.fn-execution.bundle.size", str(settings.bundle_size))
+    config.set_string("python.fn-execution.bundle.time", str(settings.bundle_time_ms))
+    config.set_string("python.execution-mode", settings.execution_mode)
+    config.set_string("python.state.cache-size", str(settings.state_cache_size))
+    config.set_string("python.map-state.read-cache-size", str(settings.state_cache_size))
+    config.set_string("python.map-state.write-cache-size", str(settings.state_cache_size))
+    config.set_string("python.metric.enabled", "true")
+    config.set_string("pipeline.auto-watermark-interval", f"{settings.watermark_interval_ms} ms")
+    if settings.checkpoint_dir is not None:
+        uri = settings.checkpoint_dir.resolve().as_uri()
+        settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        config.set_string("execution.checkpointing.interval", f"{settings.checkpoint_interval_ms} ms")
+        config.set_string("execution.checkpointing.dir", uri)
+        config.set_string("state.checkpoints.dir", uri)
+        config.set_string("execution.checkpointing.num-retained", "3")
+        config.set_string(
+            "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+        )
+        config.set_string("execution.checkpointing.checkpoints-after-tasks-finish", "true")
+    if settings.restore:
+        path = settings.restore
+        if path == "latest":
+            if settings.checkpoint_dir is None:
+                raise ValueError("--restore latest needs --checkpoint-dir")
+            found = latest_checkpoint(settings.checkpoint_dir)
+            path = str(found) if found else ""
+        if path:
+            config.set_string("execution.state-recovery.path", Path(path).resolve().as_uri())
+            config.set_string("execution.savepoint.path", Path(path).resolve().as_uri())
+            print(f"tessera stream: restoring from {path}", file=sys.stderr)
+        else:
+            print("tessera stream: no complete checkpoint found; starting fresh", file=sys.stderr)
+    config.set_string("restart-strategy.type", "fixed-delay")
+    config.set_string("restart-strategy.fixed-delay.attempts", "3")
+    config.set_string("restart-strategy.fixed-delay.delay", "1 s")
+
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.set_parallelism(settings.parallelism)
+    env.set_buffer_timeout(settings.buffer_timeout_ms)
+    env.add_jars(*(j.as_uri() for j in jars))
+
+    plan_json = plan.to_json(indent=None)
+    by_topic: dict[str, list[int]] = {}
+    for i, gb in enumerate(gbs):
+        by_topic.setdefault(gb.source.topic, []).append(i)
+    ParseFunction, TileFunction = _functions()
+    metrics_dir = str(settings.metrics_dir) if settings.metrics_dir else None
+    keyed_inputs = []
+    starting = {
+        "earliest": KafkaOffsetsInitializer.earliest,
+        "latest": KafkaOffsetsInitializer.latest,
+    }[settings.starting_offsets]()
+
+    def sink(topic: str) -> Any:
+        return (
+            KafkaSink.builder()
+            .set_bootstrap_servers(settings.bootstrap)
+            .set_record_serializer(
+                KafkaRecordSerializationSchema.builder()
+                .set_topic(topic)
+                .set_value_serialization_schema(SimpleStringSchema())
+                .build()
+            )
+            .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+            .build()
+        )
+
+    for topic, idx in by_topic.items():
+        src_plan = gbs[idx[0]].source
+        builder = (
+            KafkaSource.builder()
+            .set_bootstrap_servers(settings.bootstrap)
+            .set_topics(topic)
+            .set_group_id(f"{settings.group_id}-{topic}")
+            .set_client_id_prefix(f"{settings.group_id}-{topic}")
+            .set_starting_offsets(starting)
+            .set_value_only_deserializer(SimpleStringSchema())
+        )
+        if settings.bounded:
+            builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
+        source = builder.build()
+        # Record timestamps (set by the producer to the event time) drive per-partition watermarks.
+        wms = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(settings.out_of_orderness_ms))
+        raw = env.from_source(source, wms, f"kafka-{topic}").uid(f"source-{topic}")
+        late_tag = OutputTag(f"late-{topic}", Types.STRING())
+        dlq_tag = OutputTag(f"dlq-{topic}", Types.STRING())
+        parsed = raw.process(
+            ParseFunction(plan_json, [gbs[i].name for i in idx], idx, late_tag, dlq_tag, metrics_dir),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        ).uid(f"parse-{topic}")
+        parsed.get_side_output(late_tag).sink_to(sink(src_plan.late_topic)).uid(f"late-sink-{topic}")
+        parsed.get_side_output(dlq_tag).sink_to(sink(src_plan.dead_letter_topic)).uid(f"dlq-sink-{topic}")
+        keyed_inputs.append(parsed)
+
+    merged = keyed_inputs[0] if len(keyed_inputs) == 1 else keyed_inputs[0].union(*keyed_inputs[1:])
+    tile_settings = {
+        "memcached": settings.memcached,
+        "ttl_s": settings.ttl_s,
+        "flush_interval_ms": settings.flush_interval_ms,
+        "metrics_dir": metrics_dir,
+    }
+    (
+        merged.key_by(lambda r: r[1], key_type=Types.STRING())
+        .process(TileFunction(plan_json, [gb.name for gb in gbs], tile_settings))
+        .uid("tiles")
+        .name("tiles")
+    )
+    return env
+
+
+def run(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> None:
+    env = build(plan, gbs, settings)
+    env.execute(settings.job_name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flink_jobs.job", description=__doc__.split("\n")[0])
+    p.add_argument("--plan", type=Path, required=True, help="a compiled plan (tessera plan PATH --json)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--group-by", action="append", help="a GroupBy to run (repeatable)")
+    g.add_argument("--all", action="store_true", help="every online GroupBy of the plan")
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--memcached", required=True, help="host:port,host:port,...")
+    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    p.add_argument("--restore", default=None, help="'latest' (under --checkpoint-dir) or a chk-N path")
+    p.add_argument("--group-id", default="tessera-stream")
+    p.add_argument("--bounded", action="store_true", help="stop at the topics' end offsets as of the start")
+    p.add_argument("--starting-offsets", choices=["earliest", "latest"], default="earliest")
+    p.add_argument("--out-of-orderness-ms", type=int, default=0)
+    p.add_argument("--flush-interval-ms", type=int, default=None, help="default: the plan's; 0: at once")
+    p.add_argument("--bundle-size", type=int, default=1000)
+    p.add_argument("--bundle-time-ms", type=int, default=10)
+    p.add_argument("--buffer-timeout-ms", type=int, default=5)
+    p.add_argument("--execution-mode", choices=["process", "thread"], default="process")
+    p.add_argument("--parallelism", type=int, default=1)
+    p.add_argument("--ttl-s", type=int, default=40 * 24 * 3600)
+    p.add_argument("--metrics-dir", type=Path, default=None)
+    p.add_argument("--jars", type=Path, default=DEFAULT_JARS)
+    p.add_argument("--job-name", default="tessera-stream")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    plan = Plan.from_json(args.plan.read_text())
+    gbs = select_group_bys(plan, None if args.all else args.group_by)
+    if not gbs:
+        print("tessera stream: no online GroupBy with a stream plan", file=sys.stderr)
+        return 2
+    settings = JobSettings(
+        bootstrap=args.bootstrap,
+        memcached=[s for s in args.memcached.split(",") if s],
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval_ms=args.checkpoint_interval_ms,
+        restore=args.restore,
+        group_id=args.group_id,
+        bounded=args.bounded,
+        starting_offsets=args.starting_offsets,
+        out_of_orderness_ms=args.out_of_orderness_ms,
+        flush_interval_ms=args.flush_interval_ms,
+        bundle_size=args.bundle_size,
+        bundle_time_ms=args.bundle_time_ms,
+        buffer_timeout_ms=args.buffer_timeout_ms,
+        execution_mode=args.execution_mode,
+        parallelism=args.parallelism,
+        ttl_s=args.ttl_s,
+        metrics_dir=args.metrics_dir,
+        jars_dir=args.jars,
+        job_name=args.job_name,
+    )
+    print(
+        f"tessera stream: {', '.join(gb.name for gb in gbs)} from "
+        f"{sorted({gb.source.topic for gb in gbs})} -> memcached {settings.memcached}",
+        file=sys.stderr,
+    )
+    run(plan, gbs, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
