@@ -9,8 +9,9 @@ Training (:func:`train`, ``tessera train``):
 - xgboost ``hist`` on CPU, a fixed number of rounds (no early stopping, so validation is used only for
   thresholds and metrics). Class imbalance: ``scale_pos_weight = negatives / positives`` of the train part.
 - Thresholds, chosen on validation scores (the rule, :func:`choose_thresholds`):
-  *decline*: the lowest score at which validation precision is at least ``decline_precision`` (default 0.9),
-  with at least ``min_decline_hits`` (default 3) true positives above it; if no score qualifies, the score of
+  *decline*: the lowest score *of a fraudulent validation payment* at which validation precision
+  (``score >= t``) is at least ``decline_precision`` (default 0.9), with at least ``min_decline_hits``
+  (default 3) true positives at or above it; if no score qualifies, the score of
   the single highest-scoring payment, plus a hair (i.e. nothing declines by model alone).
   *review*: the score above which ``review_alert_rate`` (default 1 %) of validation payments fall, capped at
   the decline threshold; payments at or above review and below decline go to review.
@@ -146,7 +147,7 @@ def choose_thresholds(
     y = np.asarray(y, dtype=bool)
     s = np.asarray(s, dtype=np.float64)
     rule = (
-        f"decline: lowest validation score with precision >= {decline_precision} and >= {min_decline_hits} "
+        f"decline: lowest fraud score on validation with precision >= {decline_precision} and >= {min_decline_hits} "
         f"true positives; review: top {review_alert_rate:.2%} of validation scores, capped at decline"
     )
     if len(s) == 0:
@@ -155,9 +156,11 @@ def choose_thresholds(
     ys, ss = y[order], s[order]
     tp = np.cumsum(ys)
     n = np.arange(1, len(s) + 1)
-    last = np.r_[ss[1:] != ss[:-1], True]  # a threshold sits on a tie group's boundary
-    ok = last & (tp / n >= decline_precision) & (tp >= min_decline_hits)
-    decline = float(ss[np.flatnonzero(ok)[-1]]) if ok.any() else float(np.nextafter(ss[0], np.inf))
+    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])  # a threshold sits on a tie group's end
+    group_tp = np.diff(np.r_[0, tp[ends]])  # fraud within each tie group
+    # only scores that catch a fraud: lowering the threshold past the last caught fraud adds false alarms only
+    ok = (group_tp > 0) & (tp[ends] / n[ends] >= decline_precision) & (tp[ends] >= min_decline_hits)
+    decline = float(ss[ends[np.flatnonzero(ok)[-1]]]) if ok.any() else float(np.nextafter(ss[0], np.inf))
     k = max(1, math.floor(review_alert_rate * len(s)))
     review = min(float(ss[k - 1]), decline)
     return Thresholds(review=review, decline=decline, rule=rule)

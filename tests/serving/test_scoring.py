@@ -182,6 +182,13 @@ def test_metrics_helpers() -> None:
     )
     assert t.decline == 0.7  # the lowest score with precision >= 0.9
     assert t.review == 0.4  # the top 75 % of 8 payments = 6 payments
+    t = choose_thresholds(
+        np.array([1, 1, 0, 1, 0, 0, 0, 0]),
+        np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]),
+        decline_precision=0.6,
+        min_decline_hits=1,
+    )
+    assert t.decline == 0.6  # 0.5 still has precision 3/5 but catches no fraud: the threshold stays at 0.6
 
 
 def test_training_reports_metrics_and_beats_baseline(trained: TrainResult) -> None:
