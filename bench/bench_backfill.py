@@ -2,6 +2,7 @@
 
     python bench/bench_backfill.py            # 1 M events x 10 % labels
     python bench/bench_backfill.py --large    # 10 M events
+    python bench/bench_backfill.py --demo     # the demo data (seed 7, 3 days x 20 k/day), every payment a label
 
 Prints rows/s (labels per second), the ratio, and peak RSS of this process tree (driver, JVM, Python workers).
 Our run computes all 143 features + derivations; DuckDB computes only the amount_usd count/sum features of the
@@ -111,19 +112,27 @@ def duckdb_sql(plan: Any, join_name: str) -> tuple[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--large", action="store_true", help="10 M events instead of 1 M")
-    ap.add_argument("--label-fraction", type=float, default=0.1)
+    ap.add_argument(
+        "--demo", action="store_true", help="what `make demo` backfills: 3 days x 20 k events/day"
+    )
+    ap.add_argument("--label-fraction", type=float, default=None, help="default 0.1 (1.0 with --demo)")
     args = ap.parse_args()
-    days = 30
-    events_per_day = (10_000_000 if args.large else 1_000_000) // days
+    if args.demo:
+        seed, days, events_per_day = 7, 3, 20_000
+        label_fraction = 1.0 if args.label_fraction is None else args.label_fraction
+    else:
+        seed, days = 42, 30
+        events_per_day = (10_000_000 if args.large else 1_000_000) // days
+        label_fraction = 0.1 if args.label_fraction is None else args.label_fraction
     console = Console()
     plan = compile_repo(ROOT / "features" / "fraud")
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         t0 = time.perf_counter()
-        data = generate(seed=42, days=days, events_per_day=events_per_day)
+        data = generate(seed=seed, days=days, events_per_day=events_per_day)
         pay_path, lab_path = data.write(tmp)
         rng = np.random.default_rng(0)
         n_events = data.payments.num_rows
-        idx = np.sort(rng.choice(n_events, int(n_events * args.label_fraction), replace=False))
+        idx = np.sort(rng.choice(n_events, int(n_events * label_fraction), replace=False))
         left = data.payments.take(pa.array(idx))
         left_path = Path(tmp) / "left.parquet"
         pq.write_table(left, left_path)

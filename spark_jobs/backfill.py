@@ -9,7 +9,8 @@ join of events to labels:
 2. Events and queries (left rows, keyed through the part's ``key_map``) are co-partitioned into hash buckets,
    ``pmod(hash(__key), n)``, and cogrouped: one Python call per bucket (``applyInArrow``), not per key.
 3. Inside a bucket :func:`spark_jobs.bucket_fold.fold_bucket` sorts by (key, ts, tie) and folds with the
-   shared ops, vectorised (prefix sums, ``reduceat``, index arithmetic; the generic ops fold their range).
+   shared ops, vectorised (prefix sums, ``reduceat``, index arithmetic; the generic ops in one sliding pass
+   per window, :mod:`spark_jobs.sliding`).
 4. The parts' outputs are equi-joined back to the left rows on a row id; derivations run row-wise in Python
    with the same compiled expressions the fetcher uses; rows come out in the left's order.
 

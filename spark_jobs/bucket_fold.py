@@ -14,8 +14,11 @@ How (all vectorised over the bucket's queries):
 3. Per op: count = ``hi - lo``; integer sum/avg = prefix sums (exact in int64); double sum/avg and min/max =
    ``ufunc.reduceat`` over the ranges (C loops; double sums whose rounding-error bound could exceed 1e-11
    relative, or that hold inf/NaN, are refolded exactly with the shared op); first/last/first_k/last_k =
-   index arithmetic on the sorted rows. Every other op (sketches, variance, top_k, histogram, bucketed) folds
-   the range with the shared op's ``update_many``, in ``(ts, tie)`` order — the same code the reference uses.
+   index arithmetic on the sorted rows. Every other op (sketches, variance, top_k, histogram, bucketed) goes
+   through :func:`spark_jobs.sliding.sliding_fold`: one pass over the ranges sorted by ``(lo, hi)`` — running
+   add/remove for invertible ops, two-stack sliding-window aggregation (suffix snapshots ⊕ a forward prefix)
+   for the rest — so each event is folded a bounded number of times and each query costs at most one copy,
+   merge and finalize of the shared op, whatever the window length: O(events + queries) per window.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from features.ops.base import INTEGER_TYPES
 from features.plan import AggregationPlan, GroupByPlan, WindowPlan
 from features.reference import agg_op
 from features.windows import LIFETIME_START_MS
+from spark_jobs.sliding import Fold, sliding_fold
 
 QID, KEY, TS, TIE, T = "__qid", "__key", "__ts", "__tie", "__t"
 
@@ -246,11 +250,56 @@ def _feature_values(
                 k = op.k
                 out = [lst[max(a, b - k) : b][::-1] for a, b in zip(lo.tolist(), hi.tolist())]
             return pa.array(out, type=typ)
-    gv = cache.get("generic")
-    if gv is None:
-        arr = _numpy_values(rows.values, itype) if agg.bucket is None else None
-        gv = cache["generic"] = arr if arr is not None else rows.values.to_pylist()
-    return to_arrow(_generic(op, rows, lo, hi, gv), typ)
+    folds = cache.get("folds")
+    if folds is None:
+        folds = cache["folds"] = _range_folds(op, rows)
+    add, remove = folds
+    return to_arrow(sliding_fold(op, lo, hi, add, remove if op.has_inverse else None), typ)
+
+
+_SMALL = 16  # ranges shorter than this are folded with update() one by one (update_many has fixed costs)
+
+
+def _range_folds(op: AggOp, rows: _Rows) -> tuple[Fold, Fold]:
+    """``add(ir, a, b)`` / ``remove(ir, a, b)``: fold the sorted rows ``a .. b-1`` into / out of ``ir`` with
+    the shared op (``update_bucket`` for bucketed ops, ``update_many`` for long scalar ranges)."""
+    ts_l, tie_l = rows.ts.tolist(), rows.tie.tolist()
+    if rows.buckets is not None:
+        blist = rows.buckets.to_pylist()
+        vlist = rows.values.to_pylist()
+        upd = op.update_bucket  # type: ignore[attr-defined]
+        inv = op.inverse
+
+        def add_bucketed(ir: Any, a: int, b: int) -> Any:
+            for j in range(a, b):
+                ir = upd(ir, blist[j], vlist[j], ts_l[j], tie_l[j])
+            return ir
+
+        def remove_bucketed(ir: Any, a: int, b: int) -> Any:
+            for j in range(a, b):
+                ir = inv(ir, (blist[j], vlist[j]), ts_l[j], tie_l[j])
+            return ir
+
+        return add_bucketed, remove_bucketed
+    arr = _numpy_values(rows.values, op.input_type)
+    vals: Any = arr if arr is not None else rows.values.to_pylist()
+    vlist = vals.tolist() if arr is not None else vals
+    update, update_many, inverse = op.update, op.update_many, op.inverse
+    ts, tie = rows.ts, rows.tie
+
+    def add(ir: Any, a: int, b: int) -> Any:
+        if b - a < _SMALL:
+            for j in range(a, b):
+                ir = update(ir, vlist[j], ts_l[j], tie_l[j])
+            return ir
+        return update_many(ir, vals[a:b], ts[a:b], tie[a:b])
+
+    def remove(ir: Any, a: int, b: int) -> Any:
+        for j in range(a, b):
+            ir = inverse(ir, vlist[j], ts_l[j], tie_l[j])
+        return ir
+
+    return add, remove
 
 
 def fold_bucket(events: pa.Table, queries: pa.Table, gb: GroupByPlan, delay_ms: int = 0) -> pa.Table:
