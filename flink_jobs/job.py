@@ -318,8 +318,9 @@ def _functions() -> tuple[Any, Any]:
             )
             self.dirty = runtime_context.get_state(ValueStateDescriptor("dirty", Types.STRING()))
             self.flush_at = runtime_context.get_state(ValueStateDescriptor("flush_at", Types.LONG()))
-            self.cache: OrderedDict[tuple[str, str], PeriodEntry] = OrderedDict()
-            self.cache_max = int(s.get("cache_periods", 200_000))
+            self.cache: OrderedDict[str, dict[str, PeriodEntry]] = OrderedDict()
+            self.cache_max = int(s.get("cache_keys", 50_000))
+            self.evict_at: dict[str, int] = {}
             self.m = _Metrics(
                 runtime_context,
                 "tiles",
@@ -327,57 +328,72 @@ def _functions() -> tuple[Any, Any]:
                 s.get("metrics_dir"),
             )
             self.latency = self.m.group.distribution("flush_latency_us")
+            self._profile = None
+            if os.environ.get("TESSERA_PROFILE"):  # development aid: cProfile of the tile operator
+                import cProfile
+
+                self._profile = cProfile.Profile()
+                self._profile.enable()
 
         def close(self) -> None:
+            if self._profile is not None:
+                self._profile.disable()
+                self._profile.dump_stats(os.environ["TESSERA_PROFILE"])
             self.m.maybe_write(force=True)
             self.store.close()
 
-        def _entry(self, key: str, pk: str) -> PeriodEntry | None:
-            entry = self.cache.get((key, pk))
-            if entry is None:
-                data = self.periods.get(pk)
-                if data is None:
-                    return None
-                entry = PeriodEntry.from_value(bytes(data))
-                self._remember(key, pk, entry)
-            return entry
-
-        def _remember(self, key: str, pk: str, entry: PeriodEntry) -> None:
-            self.cache[(key, pk)] = entry
-            if len(self.cache) > self.cache_max:
-                for _ in range(len(self.cache) // 4):
-                    self.cache.popitem(last=False)
+        # -- the key's period values: MapState, mirrored in memory per key (LRU over keys) --------------
+        def _periods_of(self, key: str) -> dict[str, PeriodEntry]:
+            entries = self.cache.get(key)
+            if entries is None:  # first time this key is seen since open(): load all of it in one read
+                entries = {pk: PeriodEntry.from_value(bytes(v)) for pk, v in self.periods.items()}
+                self.cache[key] = entries
+                if len(self.cache) > self.cache_max:
+                    for _ in range(len(self.cache) // 4):
+                        old, _ = self.cache.popitem(last=False)
+                        self.evict_at.pop(old, None)
+            else:
+                self.cache.move_to_end(key)
+            return entries
 
         def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
             gi, key, row = value
             codec = self.codecs[gi]
             ts = row[codec.time_col]
-            wm = ctx.timer_service().current_watermark()
+            timers = ctx.timer_service()
+            wm = timers.current_watermark()
             if is_late(ts, wm if wm > LONG_MIN else None, self.lateness[gi]):
                 self.m.inc("late_at_tiler")  # never expected: the parse operator saw a later watermark
                 return iter(())
-            dirty_s = self.dirty.value() or ""
-            dirty = set(dirty_s.split(",")) if dirty_s else set()
-            timers = ctx.timer_service()
+            entries = self._periods_of(key)
+            immediate = self.flush_ms[gi] <= 0
+            dirty: set[str] = set()
+            if not immediate:
+                dirty_s = self.dirty.value() or ""
+                dirty = set(dirty_s.split(",")) if dirty_s else set()
+            earliest: int | None = None
             for size in codec.sizes:
                 period = codec.period_of[size]
                 ps = align(ts - ts % size, period)
                 pk = f"{size}:{ps}"
-                entry = self._entry(key, pk)
+                entry = entries.get(pk)
                 if entry is None:
-                    entry = PeriodEntry(size, ps)
-                    self._remember(key, pk, entry)
+                    entry = entries[pk] = PeriodEntry(size, ps)
                     expiry = ps + period + self.retention[gi][size]
-                    timers.register_event_time_timer(
-                        -(-expiry // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
-                    )
+                    earliest = expiry if earliest is None else min(earliest, expiry)
                 entry.update(codec, row)
                 self.periods.put(pk, entry.value())
                 dirty.add(pk)
+            if earliest is not None:
+                # One pending eviction timer per key (in memory; after a restore Flink has the old ones).
+                pending = self.evict_at.get(key)
+                if pending is None or earliest < pending:
+                    at = -(-earliest // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
+                    timers.register_event_time_timer(at)
+                    self.evict_at[key] = at
             self.m.inc("applied")
-            if self.flush_ms[gi] <= 0:
-                self._flush(gi, key, dirty)
-                self.dirty.clear()
+            if immediate:
+                self._flush(gi, key, entries, dirty)
             else:
                 self.dirty.update(",".join(sorted(dirty)))
                 if self.flush_at.value() is None:
@@ -387,7 +403,7 @@ def _functions() -> tuple[Any, Any]:
             self.m.maybe_write()
             return iter(())
 
-        def _flush(self, gi: int, key: str, dirty: set[str]) -> None:
+        def _flush(self, gi: int, key: str, entries: dict[str, PeriodEntry], dirty: set[str]) -> None:
             if not dirty:
                 return
             _, entity = parse_flink_key(key)
@@ -395,11 +411,11 @@ def _functions() -> tuple[Any, Any]:
             ent = encode_entity(list(entity))
             items: dict[bytes, bytes] = {}
             for pk in dirty:
-                entry = self._entry(key, pk)
-                if entry is None:
-                    continue
-                size, _, ps = pk.partition(":")
-                items[layout.key(ent, tile_suffix(int(size), int(ps)))] = entry.value()
+                entry = entries.get(pk)
+                if entry is not None:
+                    items[layout.key(ent, tile_suffix(entry.size, entry.period_start))] = entry.value()
+            if not items:
+                return
             t0 = time.perf_counter()
             for attempt in range(5):
                 try:
@@ -419,30 +435,42 @@ def _functions() -> tuple[Any, Any]:
 
             key = ctx.get_current_key()
             gi, _ = parse_flink_key(key)
+            entries = self._periods_of(key)
             dirty_s = self.dirty.value() or ""
             if dirty_s:
-                self._flush(gi, key, set(dirty_s.split(",")))
+                self._flush(gi, key, entries, set(dirty_s.split(",")))
                 self.dirty.clear()
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
                 self.flush_at.clear()
             elif timestamp < END_OF_INPUT_MS:
-                self._evict(gi, key, timestamp)
+                self._evict(gi, key, entries, timestamp, ctx)
             self.m.maybe_write()
             return iter(())
 
-        def _evict(self, gi: int, key: str, watermark: int) -> None:
+        def _evict(
+            self, gi: int, key: str, entries: dict[str, PeriodEntry], watermark: int, ctx: Any
+        ) -> None:
             codec = self.codecs[gi]
-            gone = []
-            for pk in list(self.periods.keys()):
-                size, _, ps = pk.partition(":")
-                s, p = int(size), int(ps)
-                if p + codec.period_of[s] + self.retention[gi][s] <= watermark:
-                    gone.append(pk)
+            retention = self.retention[gi]
+            gone = [
+                pk
+                for pk, e in entries.items()
+                if e.period_start + codec.period_of[e.size] + retention[e.size] <= watermark
+            ]
             for pk in gone:
                 self.periods.remove(pk)
-                self.cache.pop((key, pk), None)
+                del entries[pk]
             if gone:
                 self.m.inc("periods_evicted", len(gone))
+            if self.evict_at.get(key, watermark) <= watermark:
+                self.evict_at.pop(key, None)
+            if entries and key not in self.evict_at:
+                nxt = min(
+                    e.period_start + codec.period_of[e.size] + retention[e.size] for e in entries.values()
+                )
+                at = -(-nxt // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
+                ctx.timer_service().register_event_time_timer(at)
+                self.evict_at[key] = at
 
     return ParseFunction, TileFunction
 
