@@ -166,6 +166,60 @@ def replay(ctx: typer.Context) -> None:
     raise typer.Exit(replay_main(list(ctx.args)))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def upload(ctx: typer.Context) -> None:
+    """Daily batch upload (Spark): window state up to a day boundary, as a new bulk-store version."""
+    from spark_jobs.upload import main as upload_main
+
+    raise typer.Exit(upload_main(list(ctx.args)))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def train(ctx: typer.Context) -> None:
+    """Train the fraud model (xgboost) on a backfilled training set; report PR-AUC/ROC-AUC and thresholds."""
+    from serving.scoring import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)))
+
+
+@app.command()
+def serve(
+    path: Path | None = typer.Argument(None, help="feature repo (default: $TESSERA_REPO)"),
+    host: str | None = typer.Option(None, help="bind address (default: $TESSERA_API_HOST, 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="port (default: $TESSERA_API_PORT, 8000)"),
+    model_dir: Path | None = typer.Option(None, help="fraud model (default: $TESSERA_MODEL_DIR)"),
+    rules: Path | None = typer.Option(None, help="rules file (TOML); default: the built-in rules"),
+    decide_join: str = typer.Option("fraud_v1", help="the Join /v1/decide scores"),
+) -> None:
+    """The HTTP API: POST /v1/features/{join}, POST /v1/decide, GET /healthz, GET /metrics."""
+    import uvicorn
+
+    from serving.api import create_app
+    from serving.fetcher import Fetcher
+    from serving.rules import Rules
+    from serving.scoring import Decider
+    from tessera.config import Settings
+    from tessera.stores import open_bulk, open_stream
+
+    settings = Settings.from_env()
+    p = _plan_or_exit(path or settings.repo)
+    fetcher = Fetcher(p, (open_bulk(settings.bulk_store), open_stream(settings.memcached)))
+    decider = None
+    if decide_join in {j.name for j in p.joins}:
+        schema = p.join(decide_join).output_schema
+        rule_set = Rules.load(rules, schema) if rules else Rules.default(schema)
+        model = model_dir or settings.model_dir
+        decider = Decider(model if Path(model).exists() else None, rule_set)
+    app_ = create_app(p, fetcher, decider, token=settings.api_token, decide_join=decide_join)
+    bind = host or settings.api_host
+    console.print(f"tessera API on http://{bind}:{port or settings.api_port} (plan {p.plan_hash})")
+    uvicorn.run(app_, host=bind, port=port or settings.api_port, log_level="warning")
+
+
 @app.command()
 def demo(
     data_dir: Path = typer.Option(

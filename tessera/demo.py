@@ -48,7 +48,7 @@ def run_demo(
     days: int = 3,
     events_per_day: int = 20_000,
     sample: int = 200,
-    services: Callable[[ExitStack, Path], dict[str, Any]] | None = None,
+    services: Callable[[ExitStack, Path, Dataset], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the demo; return a summary (also used by the tests)."""
     if data_dir.exists():

@@ -1,0 +1,268 @@
+"""The HTTP API: feature vectors and fraud decisions over FastAPI.
+
+* ``POST /v1/features/{join}`` — the Join's feature vector for a request (the Join's left columns as JSON).
+* ``POST /v1/decide`` — fetch the decision Join's vector, then rules + model: approve / review / decline.
+* ``GET /healthz`` — liveness (no auth). ``GET /metrics`` — Prometheus text format.
+
+The request body of each Join is a model generated from the Join's left schema, so the OpenAPI document says
+exactly which fields a caller sends. A store that is down or slow never turns into a 5xx: the vector comes back
+``degraded`` with per-part ``errors``. When a token is configured every route but ``/healthz`` needs
+``Authorization: Bearer <token>``.
+"""
+
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from features.plan import JoinPlan, Plan
+from serving.fetcher import FeatureVector, Fetcher
+from serving.scoring import Decider
+
+#: Query times the stores can address (period starts are signed 64-bit milliseconds).
+MAX_AT_MS = 2**62
+
+_PY_TYPES: dict[str, type] = {
+    "string": str,
+    "long": int,
+    "int": int,
+    "bigint": int,
+    "double": float,
+    "float": float,
+    "boolean": bool,
+}
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class FeaturesResponse(BaseModel):
+    join: str
+    at_ms: int
+    values: dict[str, Any] = Field(description="every output column of the Join, in order")
+    errors: dict[str, str] = Field(
+        description="per part (GroupBy name) or derivation: why its values are null"
+    )
+    degraded: bool = Field(
+        description="some part could not be served (store down or slow); its values are null"
+    )
+    stale: bool = Field(description="some batch state is past its validity (the daily upload is late)")
+    timings_ms: dict[str, float]
+
+
+class ReasonOut(BaseModel):
+    kind: str
+    name: str
+    text: str
+    action: str | None = None
+    value: float | None = None
+    contribution: float | None = None
+
+
+class DecisionResponse(BaseModel):
+    action: str = Field(description="approve, review or decline")
+    score: float | None = Field(description="the model's fraud probability; null when rules decided alone")
+    reasons: list[ReasonOut]
+    flags: list[str] = Field(description="e.g. model_fallback, features_degraded")
+    features: FeaturesResponse
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf become null (JSON has no NaN); maps keep their keys as strings."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
+
+
+def request_model(join: JoinPlan) -> type[BaseModel]:
+    """The body model of a Join: its left schema's columns, each optional (a missing key gives that part's
+    empty-window values, not an error)."""
+    fields: dict[str, Any] = {}
+    for col, typ in join.left.schema.items():
+        py = _PY_TYPES.get(typ, str if not typ.startswith("decimal") else float)
+        fields[col] = (py | None, Field(default=None))
+    model = create_model(
+        f"{''.join(p.title() for p in join.name.split('_'))}Request",
+        __config__=ConfigDict(extra="ignore"),
+        **fields,
+    )
+    return model
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.fetch_latency = Histogram(
+            "tessera_fetch_seconds", "Feature fetch latency", ["join"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.decide_latency = Histogram(
+            "tessera_decide_seconds",
+            "Decision latency (fetch + rules + model)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "tessera_store_errors_total",
+            "Parts not served (store down, slow, bad value)",
+            ["join", "part"],
+            registry=r,
+        )
+        self.degraded = Counter("tessera_degraded_total", "Vectors served degraded", ["join"], registry=r)
+        self.stale = Counter(
+            "tessera_stale_total", "Vectors served with batch state past its validity", ["join"], registry=r
+        )
+        self.decisions = Counter("tessera_decisions_total", "Decisions by action", ["action"], registry=r)
+        self.model_fallbacks = Counter(
+            "tessera_model_fallback_total",
+            "Decisions made by rules alone because the model failed or timed out",
+            registry=r,
+        )
+        self.cache = Gauge("tessera_cache", "Fetcher cache counters", ["cache", "kind"], registry=r)
+
+
+def create_app(
+    plan: Plan,
+    fetcher: Fetcher,
+    decider: Decider | None = None,
+    *,
+    token: str | None = None,
+    decide_join: str = "fraud_v1",
+) -> FastAPI:
+    """The API over one plan's online Joins. ``decider`` None: ``/v1/decide`` answers 503."""
+    app = FastAPI(
+        title="tessera",
+        version="0.1.0",
+        description="Feature vectors and fraud decisions. One definition; stream, batch, backfill "
+        "and serving agree.",
+    )
+    metrics = _Metrics()
+    app.state.metrics = metrics
+    joins = {j.name: j for j in plan.joins if j.online}
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), token):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def fetch(join: JoinPlan, body: Mapping[str, Any], at_ms: int | None) -> FeatureVector:
+        started = time.perf_counter()
+        vector = fetcher.fetch(join.name, body, at_ms=at_ms)
+        metrics.fetch_latency.labels(join.name).observe(time.perf_counter() - started)
+        for part in vector.errors:
+            metrics.store_errors.labels(join.name, part).inc()
+        if vector.degraded:
+            metrics.degraded.labels(join.name).inc()
+        if vector.stale:
+            metrics.stale.labels(join.name).inc()
+        return vector
+
+    def features_out(vector: FeatureVector) -> FeaturesResponse:
+        return FeaturesResponse(
+            join=vector.join,
+            at_ms=vector.at_ms,
+            values=_clean(vector.values),
+            errors=vector.errors,
+            degraded=vector.degraded,
+            stale=vector.stale,
+            timings_ms=_clean(vector.timings_ms),
+        )
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, Any]:
+        """Liveness: the process answers and knows its plan."""
+        return {"status": "ok", "plan": plan.plan_hash, "joins": sorted(joins)}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, dependencies=[Depends(authorize)])
+    def prometheus() -> PlainTextResponse:
+        """Prometheus metrics: latency histograms, store errors, degraded/stale counts, cache counters."""
+        for name, value in fetcher.cache_stats().items():
+            cache, _, kind = name.partition("_")
+            metrics.cache.labels(cache, kind).set(value)
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    at_query = Query(None, ge=0, le=MAX_AT_MS, description="query time, epoch ms (default: now)")
+
+    def features_endpoint(join: JoinPlan) -> Callable[..., FeaturesResponse]:
+        # No postponed annotations in this module: FastAPI reads the generated body model from the signature.
+        model = request_model(join)
+
+        def endpoint(body: model, at_ms: int | None = at_query) -> FeaturesResponse:  # type: ignore[valid-type]
+            return features_out(fetch(join, body.model_dump(), at_ms))  # type: ignore[attr-defined]
+
+        return endpoint
+
+    for join in joins.values():
+        app.post(
+            f"/v1/features/{join.name}",
+            response_model=FeaturesResponse,
+            tags=["features"],
+            summary=f"Feature vector of Join {join.name}",
+            dependencies=[Depends(authorize)],
+            name=f"features_{join.name}",
+        )(features_endpoint(join))
+
+    @app.post(
+        "/v1/features/{join}",
+        response_model=FeaturesResponse,
+        tags=["features"],
+        dependencies=[Depends(authorize)],
+        include_in_schema=False,
+    )
+    def unknown_join(join: str = Path(...)) -> FeaturesResponse:
+        raise HTTPException(
+            status_code=404, detail=f"no online Join named {join!r} (known: {', '.join(joins)})"
+        )
+
+    if decide_join in joins:
+        decide_model = request_model(joins[decide_join])
+
+        @app.post(
+            "/v1/decide",
+            response_model=DecisionResponse,
+            tags=["decisions"],
+            dependencies=[Depends(authorize)],
+            summary=f"Fraud decision on Join {decide_join}",
+        )
+        def decide(body: decide_model, at_ms: int | None = at_query) -> DecisionResponse:  # type: ignore[valid-type]
+            if decider is None:
+                raise HTTPException(status_code=503, detail="no decision model is configured (tessera train)")
+            started = time.perf_counter()
+            vector = fetch(joins[decide_join], body.model_dump(), at_ms)  # type: ignore[attr-defined]
+            decision = decider.decide(vector.values)
+            flags = list(decision.flags)
+            if vector.degraded:
+                flags.append("features_degraded")
+            if vector.stale:
+                flags.append("features_stale")
+            if "model_fallback" in flags:
+                metrics.model_fallbacks.inc()
+            metrics.decisions.labels(decision.action).inc()
+            metrics.decide_latency.observe(time.perf_counter() - started)
+            score = decision.score if decision.score is None or math.isfinite(decision.score) else None
+            reasons = [ReasonOut(**_clean(r.__dict__)) for r in decision.reasons]
+            return DecisionResponse(
+                action=decision.action,
+                score=score,
+                reasons=reasons,
+                flags=flags,
+                features=features_out(vector),
+            )
+
+    return app
