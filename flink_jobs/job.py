@@ -182,7 +182,10 @@ class _Metrics:
         self.group = group
         self.path: Path | None = None
         if metrics_dir:
-            sub = runtime_context.get_index_of_this_subtask()
+            try:
+                sub = runtime_context.get_index_of_this_subtask()
+            except Exception:  # thread mode on Flink 2.x: the Java method moved to getTaskInfo()
+                sub = 0
             self.path = Path(metrics_dir) / f"{operator}-{sub}.json"
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._last_write = 0.0
@@ -491,6 +494,13 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         KafkaSource,
     )
 
+    if settings.execution_mode == "thread":
+        # Thread mode runs Python inside the JVM (pemja) on the base interpreter: give it this venv's packages
+        # and the repo (the JVM inherits the environment when the gateway starts it).
+        import site
+
+        paths = [*site.getsitepackages(), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     jars = [settings.jars_dir / n for n in JAR_NAMES]
     missing = [str(j) for j in jars if not j.exists()]
     if missing:
