@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from features.plan import GroupByPlan, JoinPartPlan, JoinPlan, Plan
 from features.sql import compile_expression
@@ -37,6 +37,9 @@ from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity
 from kvstore.dual import DualStore
 from kvstore.meta import decode_meta, meta_key
+
+if TYPE_CHECKING:
+    from serving.feature_log import FeatureLogger
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -163,7 +166,8 @@ class Fetcher:
 
     ``store``: a :class:`~kvstore.dual.DualStore` or a ``(bulk, stream)`` pair. ``now_ms``: the clock (epoch ms)
     used when a fetch gives no ``at_ms`` and to decide which period values are final. ``cache_size``: decoded batch
-    states kept; ``tile_cache_size``: final period values kept. ``budget_s``: a fetch stops asking stores once it
+    states kept; ``tile_cache_size``: final period values kept. ``logger``: an optional
+    :class:`~serving.feature_log.FeatureLogger` of served vectors. ``budget_s``: a fetch stops asking stores once it
     has spent this long (the parts not yet read are degraded); the memcached store's own per-call budget bounds
     each call.
     """
@@ -178,8 +182,10 @@ class Fetcher:
         tile_cache_size: int = 100_000,
         version_check_s: float = 1.0,
         budget_s: float = 0.25,
+        logger: FeatureLogger | None = None,
     ) -> None:
         self.plan = plan
+        self.logger = logger
         if isinstance(store, DualStore):
             self.bulk, self.stream = store.bulk, store.stream
         else:
@@ -279,6 +285,14 @@ class Fetcher:
             "merge": (end - t_stream) * 1e3,
             "total": (end - started) * 1e3,
         }
+        if self.logger is not None:  # sampled, queued, written off the request path; never raises
+            self.logger.log(
+                vector,
+                request,
+                plan_hash=self.plan.plan_hash,
+                keys={r.gb.name: [request.get(r.part.key_map[k]) for k in r.gb.keys] for r in reads},
+                batch={r.gb.name: (r.version.name if r.version else None, r.boundary_ms) for r in reads},
+            )
         return vector
 
     def _part_read(self, part: JoinPartPlan, request: Mapping[str, Any]) -> _PartRead:

@@ -234,6 +234,18 @@ def demo(
     run_demo(data_dir, days=days, events_per_day=events_per_day, services=local_services)
 
 
+def _register_nightly() -> None:
+    """``consistency``, ``nightly`` and ``dag`` (tessera.nightly)."""
+    from tessera.nightly import consistency_command, dag_command, nightly_command
+
+    app.command("consistency")(consistency_command)
+    app.command("nightly")(nightly_command)
+    app.command("dag")(dag_command)
+
+
+_register_nightly()
+
+
 def main() -> None:
     app()
 
