@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -284,7 +285,8 @@ def freshness(args: argparse.Namespace, bootstrap: str, servers: list[str], work
                 ahead = due - time.monotonic()
                 if ahead > 0.0005:
                     time.sleep(ahead)
-                send(f"p{rate}-{i}" if i % args.probe_every == 0 else None)
+                # Probe keys are unique to the phase (a key written earlier would be "found" at once).
+                send(f"p{step}-{rate}-{i}" if i % args.probe_every == 0 else None)
             achieved = n / (time.monotonic() - t0)
             producer.flush()
             poller.drain()
@@ -396,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in nodes:
             n.stop()
         broker.stop()
+        broker.log_file.unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # kept (job logs) when a run fails
     md = to_markdown(args, tp, fr)
     print(md)
     if args.write_docs:
