@@ -42,7 +42,8 @@ test-stream: setup streaming ## Streaming tests only (real broker + Flink mini-c
 test-deploy: setup streaming ## Static checks of docker/ (and local runs of the cluster CLIs)
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
-test-slow: setup streaming ## Run the slow suites too (large data, long streams)
+test-slow: setup streaming ## Run the slow suites too (large data, long streams, the report in Chromium)
+	@bash scripts/install-system.sh --browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup ## ruff, mypy and the import-layer contracts

@@ -6,6 +6,8 @@ command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 # PostgreSQL: the distributed bulk-store option, tested against a real server started by the tests.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+# --browser: headless Chromium, to check the consistency report renders (the slow suite).
+if [ "${1:-}" = "--browser" ]; then command -v chromium >/dev/null 2>&1 || need+=(chromium); fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
