@@ -96,7 +96,8 @@ elif [[ $FORCE == 0 && -f "$STAMP" && -x "$FPY" ]]; then
 else
     [[ -x "$FPY" ]] || { log "flink venv: creating $FLINK_VENV"; "$PYTHON" -m venv "$FLINK_VENV"; }
     log "flink venv: installing $FLINK_PKG (first time ~30 s, ~840 MB)"
-    pip_quiet "$FPY" -m pip install -q --disable-pip-version-check "$FLINK_PKG"
+    # pemja 0.5.7: PyFlink's thread execution mode (python.execution-mode: thread) works with it on 3.11.
+    pip_quiet "$FPY" -m pip install -q --disable-pip-version-check "$FLINK_PKG" "pemja>=0.5.7,<0.5.8"
     # Pin everything apache-flink brought (pyarrow 16, numpy, pandas, beam ...) so that tessera's own
     # dependencies resolve against it instead of upgrading pyarrow past Flink's pin.
     "$FPY" -m pip freeze --exclude-editable | grep -v '^-e ' | grep '==' >"$TMP/flink-constraints.txt"
@@ -113,6 +114,7 @@ import sys
 import features  # noqa: F401  the pure packages must import in the Flink environment
 import flink_jobs  # noqa: F401
 import pyflink  # noqa: F401
+import pymemcache  # noqa: F401  the job writes tiles to memcached
 
 pa = md.version("pyarrow")
 if int(pa.split(".")[0]) >= 17:
