@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill kv-up kv-down test-deploy
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve kv-up kv-down test-deploy
 BROKER_PORT ?= 9092
 
 help: ## List the targets
@@ -70,6 +70,12 @@ bench-kv: setup ## KV benchmark: bulk-load keys/s, multi-get p50/p99 per backend
 
 bench-backfill: setup ## Backfill benchmark: our Spark backfill vs DuckDB RANGE windows, 1 M events (BENCH_ARGS=--large: 10 M)
 	$(BIN)/python bench/bench_backfill.py $(BENCH_ARGS)
+
+bench-stream: setup streaming ## Stream benchmark: throughput and freshness p50/p99/p99.9 at fixed rates
+	$(BIN)/python bench/bench_stream.py $(BENCH_ARGS)
+
+bench-serve: setup ## Serving benchmark: in-process fetch latency of fraud_v1 (warm, no-cache, moving clock)
+	$(BIN)/python bench/bench_fetch.py $(BENCH_ARGS)
 
 kv-up: setup ## Start 3 memcached + a PostgreSQL on 127.0.0.1 (PIDs in .data/services)
 	$(BIN)/python -m kvstore.services start memcached --nodes 3 --port 11311

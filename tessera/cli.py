@@ -166,6 +166,50 @@ def replay(ctx: typer.Context) -> None:
     raise typer.Exit(replay_main(list(ctx.args)))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def stream(
+    ctx: typer.Context,
+    path: Path | None = typer.Argument(None, help="feature repo (default: $TESSERA_REPO)"),
+    group_by: list[str] = typer.Option([], "--group-by", help="a GroupBy to run (repeatable); default: all"),
+) -> None:
+    """The PyFlink tiling job (Kafka -> row logic -> tiles -> memcached), in the Flink environment.
+
+    Extra options go to the job (`python -m flink_jobs.job --help`), e.g. `--restore latest` after a crash.
+    """
+    import os
+    import subprocess
+
+    from tessera.config import Settings
+
+    settings = Settings.from_env()
+    p = _plan_or_exit(path or settings.repo)
+    root = Path(__file__).resolve().parent.parent
+    flink_python = root / ".venv-flink" / "bin" / "python"
+    if not flink_python.exists():
+        err.print("the Flink environment is missing: run `make streaming`")
+        raise typer.Exit(1)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = settings.data_dir / f"plan-{p.plan_hash}.json"
+    plan_file.write_text(p.to_json())
+    selection = [a for g in group_by for a in ("--group-by", g)] or ["--all"]
+    cmd = [
+        str(flink_python),
+        "-m",
+        "flink_jobs.job",
+        "--plan",
+        str(plan_file),
+        *selection,
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--memcached",
+        ",".join(settings.memcached),
+        "--checkpoint-dir",
+        settings.checkpoint_dir,
+        *ctx.args,
+    ]
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "PYTHONPATH": str(root)}))
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
 )
@@ -226,12 +270,13 @@ def demo(
         Path(".data/demo"), help="the one folder everything the demo makes goes to"
     ),
     days: int = typer.Option(3, help="days of synthetic payments"),
-    events_per_day: int = typer.Option(20_000, help="payments per day"),
+    events_per_day: int = typer.Option(8_000, help="payments per day"),
+    live: int = typer.Option(150, help="live payments scored through the API while they stream"),
 ) -> None:
     """The whole story on embedded defaults, step by step (what `make demo` runs)."""
-    from tessera.demo import local_services, run_demo
+    from tessera.demo import run_demo
 
-    run_demo(data_dir, days=days, events_per_day=events_per_day, services=local_services)
+    run_demo(data_dir, days=days, events_per_day=events_per_day, live=live)
 
 
 def _register_nightly() -> None:
