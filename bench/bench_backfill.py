@@ -34,10 +34,12 @@ from spark_jobs.session import spark_session
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _tree_rss() -> int:
-    """RSS bytes of this process and all its descendants (from /proc)."""
+def _tree_usage() -> tuple[int, float]:
+    """RSS bytes and CPU seconds (user + sys, with reaped children) of this process and all its descendants."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -46,19 +48,27 @@ def _tree_rss() -> int:
                 parts = f.read().rsplit(")", 1)[1].split()
             children.setdefault(int(parts[1]), []).append(int(d))
             rss[int(d)] = int(parts[21]) * os.sysconf("SC_PAGE_SIZE")
+            cpu[int(d)] = sum(int(x) for x in parts[11:15]) / tick
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [os.getpid()]
+    total, seconds, stack = 0, 0.0, [os.getpid()]
     while stack:
         p = stack.pop()
         total += rss.get(p, 0)
+        seconds += cpu.get(p, 0.0)
         stack.extend(children.get(p, []))
-    return total
+    return total, seconds
+
+
+def _tree_rss() -> int:
+    """RSS bytes of this process and all its descendants (from /proc)."""
+    return _tree_usage()[0]
 
 
 class PeakRss:
     def __enter__(self) -> PeakRss:
-        self.peak = _tree_rss()
+        self.peak, self._cpu0 = _tree_usage()
+        self.cpu = 0.0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -66,7 +76,9 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
-            self.peak = max(self.peak, _tree_rss())
+            rss, cpu = _tree_usage()
+            self.peak = max(self.peak, rss)
+            self.cpu = max(self.cpu, cpu - self._cpu0)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
@@ -77,6 +89,7 @@ def duckdb_sql(plan: Any, join_name: str) -> tuple[str, int]:
     """RANGE-window SQL over payments+labels rows for the Join's amount_usd count/sum features."""
     join = plan.join(join_name)
     selects, n = [], 0
+    names: list[str] = []
     for part in join.parts:
         gb = plan.group_by(part.group_by)
         if gb.source.table != "payments":
@@ -96,15 +109,19 @@ def duckdb_sql(plan: Any, join_name: str) -> tuple[str, int]:
                 f'AND 1 PRECEDING) AS "{out_name}"'
             )
             n += 1
+            names.append(out_name)
     cols = ", ".join(selects)
+    # Aggregate every window column: with count(*) alone DuckDB prunes the unused window functions (0.0 s).
+    sums = ", ".join(f'sum("{name}")' for name in names)
     sql = f"""
         WITH u AS (
-            SELECT card_id, merchant_id, device_id, ip, ts, amount * fx_rate AS v, FALSE AS is_label
+            SELECT card_id, customer_id, merchant_id, device_id, ip, ts, amount * fx_rate AS v, FALSE AS is_label
             FROM read_parquet($payments)
             UNION ALL
-            SELECT card_id, merchant_id, device_id, ip, ts, NULL AS v, TRUE AS is_label FROM read_parquet($left)
+            SELECT card_id, customer_id, merchant_id, device_id, ip, ts, NULL AS v, TRUE AS is_label
+            FROM read_parquet($left)
         )
-        SELECT count(*) FROM (SELECT is_label, {cols} FROM u) WHERE is_label
+        SELECT count(*), {sums} FROM (SELECT is_label, {cols} FROM u) WHERE is_label
     """
     return sql, n
 
@@ -153,7 +170,13 @@ def main() -> None:
                 out=Path(tmp) / "out",
             )
             ours_s = time.perf_counter() - t0
+        n_buckets = spark.conf.get("spark.sql.shuffle.partitions")
         spark.stop()
+        console.log(
+            f"tessera: {left.num_rows} labels in {ours_s:.1f} s ({left.num_rows / ours_s:,.0f} labels/s), "
+            f"peak RSS {ours_mem.peak / 2**30:.2f} GiB, tree CPU {ours_mem.cpu:.0f} s; "
+            f"spark.sql.shuffle.partitions={n_buckets}, load average {os.getloadavg()[0]:.1f}"
+        )
         sql, n_duck = duckdb_sql(plan, "fraud_v1")
         con = duckdb.connect()
         con.execute("SET threads = 2")
@@ -164,7 +187,7 @@ def main() -> None:
         n_features = len(plan.join("fraud_v1").output_schema) - len(plan.join("fraud_v1").left.schema)
         rows = left.num_rows
         table = Table(title=f"backfill, {n_events:,} events x {rows:,} labels (fraud_v1)")
-        for col in ("engine", "features", "seconds", "labels/s", "peak RSS (tree)"):
+        for col in ("engine", "features", "seconds", "labels/s", "peak RSS (tree)", "CPU s (tree)"):
             table.add_column(col)
         table.add_row(
             "tessera Spark backfill",
@@ -172,6 +195,7 @@ def main() -> None:
             f"{ours_s:.1f}",
             f"{rows / ours_s:,.0f}",
             f"{ours_mem.peak / 2**30:.2f} GiB",
+            f"{ours_mem.cpu:.0f}",
         )
         table.add_row(
             "DuckDB RANGE windows",
@@ -179,6 +203,7 @@ def main() -> None:
             f"{duck_s:.1f}",
             f"{rows / duck_s:,.0f}",
             f"{duck_mem.peak / 2**30:.2f} GiB",
+            f"{duck_mem.cpu:.1f}",
         )
         console.print(table)
         console.print(f"ratio (ours / DuckDB time): {ours_s / duck_s:.1f}x")
