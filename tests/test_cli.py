@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from features.plan import Plan
@@ -63,9 +65,17 @@ def test_plan_refuses_a_bad_repo() -> None:
     assert result.exit_code == 1
 
 
+@pytest.mark.services
+@pytest.mark.spark
 def test_demo_runs_end_to_end_on_small_data(tmp_path: Path) -> None:
-    summary = run_demo(tmp_path / "demo", days=1, events_per_day=1_500, sample=10)
-    assert summary["sample_rows"] == 10 and summary["features"] >= 100
-    assert (tmp_path / "demo" / "fraud_v1_sample.parquet").exists()
-    # Twice in a row works: the folder is made anew.
-    run_demo(tmp_path / "demo", days=1, events_per_day=1_500, sample=5)
+    """`make demo` on little data: every step runs against the real services and stops them after."""
+    summary = run_demo(
+        tmp_path / "demo", days=3, events_per_day=1_500, live=12, live_rate=20, fraud_scale=4.0
+    )
+    assert summary["features"] >= 100
+    assert summary["stream"]["applied"] > 0 and summary["stream"].get("flush_errors", 0) == 0
+    assert sum(summary["decisions"].values()) >= 12  # the live traffic plus a held-out attack
+    assert (tmp_path / "demo" / "training_set.parquet").exists()
+    assert (tmp_path / "demo" / "model" / "model.json").exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"processes left running: {leftovers}"
