@@ -20,12 +20,12 @@ replacement is not in the IR).
 
 from __future__ import annotations
 
-from bisect import insort
 from collections.abc import Callable
 from typing import Any
 
 from features.encoding import Reader, Writer
 from features.ops.base import AggOp, canonical_input_type, double_key, read_all
+from features.ops.bounded import bounded_insert, bounded_merge
 
 Entry = tuple[int, int, Any]
 
@@ -141,31 +141,10 @@ class _Bounded(AggOp):
         return []
 
     def update(self, ir: list[Entry], value: Any, ts_ms: int, tie: int) -> list[Entry]:
-        e = (ts_ms, tie, self.coerce(value))
-        ekey = self.ekey
-        if len(ir) < self.k:
-            insort(ir, e, key=ekey)
-        elif self.keep_largest:
-            if (ekey(e) > ekey(ir[0])) if ekey else (e > ir[0]):
-                insort(ir, e, key=ekey)
-                del ir[0]
-        elif (ekey(e) < ekey(ir[-1])) if ekey else (e < ir[-1]):
-            insort(ir, e, key=ekey)
-            ir.pop()
-        return ir
+        return bounded_insert(ir, (ts_ms, tie, self.coerce(value)), self.k, self.ekey, self.keep_largest)
 
     def merge(self, a: list[Entry], b: list[Entry]) -> list[Entry]:
-        if not b:
-            return a
-        a.extend(b)
-        a.sort(key=self.ekey)
-        k = self.k
-        if len(a) > k:
-            if self.keep_largest:
-                del a[: len(a) - k]
-            else:
-                del a[k:]
-        return a
+        return bounded_merge(a, b, self.k, self.ekey, self.keep_largest)
 
     def encode(self, ir: list[Entry]) -> bytes:
         # count, then entries ascending: first ts as svarint, later ts as non-negative deltas.

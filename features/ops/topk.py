@@ -11,12 +11,12 @@ descending, bottom_k ascending; empty → []. Not invertible (a removed value's 
 
 from __future__ import annotations
 
-from bisect import insort
 from collections.abc import Callable
 from typing import Any
 
 from features.encoding import Reader, Writer
 from features.ops.base import AggOp, canonical_input_type, read_all, value_key
+from features.ops.bounded import bounded_insert, bounded_merge
 
 
 class _Extremes(AggOp):
@@ -33,31 +33,10 @@ class _Extremes(AggOp):
         return []
 
     def update(self, ir: list[Any], value: Any, ts_ms: int, tie: int) -> list[Any]:
-        v = self.coerce(value)
-        key = self.vkey
-        if len(ir) < self.k:
-            insort(ir, v, key=key)
-        elif self.keep_largest:
-            if (key(v) > key(ir[0])) if key else (v > ir[0]):
-                insort(ir, v, key=key)
-                del ir[0]
-        elif (key(v) < key(ir[-1])) if key else (v < ir[-1]):
-            insort(ir, v, key=key)
-            ir.pop()
-        return ir
+        return bounded_insert(ir, self.coerce(value), self.k, self.vkey, self.keep_largest)
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
-        if not b:
-            return a
-        a.extend(b)
-        a.sort(key=self.vkey)
-        k = self.k
-        if len(a) > k:
-            if self.keep_largest:
-                del a[: len(a) - k]
-            else:
-                del a[k:]
-        return a
+        return bounded_merge(a, b, self.k, self.vkey, self.keep_largest)
 
     def encode(self, ir: list[Any]) -> bytes:
         w = Writer()
