@@ -8,6 +8,7 @@ from the user (columns are read with ``r.get(<repr of the name>)``).
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -97,7 +98,7 @@ class _Gen:
 
     def assign(self, ind: int, code: str, nullable: Sequence[str], can_be_null: bool = False) -> str:
         t = self.tmp()
-        checks = [a for a in nullable if a not in self.nonnull and a != "None"]
+        checks = [a for a in nullable if a not in self.nonnull and a != "None" and not _is_literal(a)]
         if checks:
             cond = " or ".join(f"{a} is None" for a in checks)
             self.emit(ind, f"{t} = None if ({cond}) else {code}")
@@ -139,7 +140,7 @@ class _Gen:
             return self.arith(op, n.type, args, ind)
         if op == "div":
             if n.type == T.DOUBLE:
-                nulls = [a for a in args if a not in self.nonnull]
+                nulls = [a for a in args if a not in self.nonnull and not _is_literal(a)]
                 cond = " or ".join([f"{a} is None" for a in nulls] + [f"{args[1]} == 0.0"])
                 t = self.tmp()
                 self.emit(ind, f"{t} = None if ({cond}) else {args[0]} / {args[1]}")
@@ -379,3 +380,11 @@ def _collect_cols(n: Node, out: list[str]) -> None:
         out.append(n.value)
     for a in n.args:
         _collect_cols(a, out)
+
+
+def _is_literal(code: str) -> bool:
+    """True for generated code that is a non-null Python literal (``1``, ``(-1.0)``, ``'x'``): never None."""
+    try:
+        return ast.literal_eval(code) is not None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
