@@ -6,9 +6,22 @@ Built from a compiled plan only. Per source topic of the chosen GroupBys::
       -> parse + validate against the source schema        (malformed -> <source>.dlq with the reason)
       -> late check: ts < watermark - allowed lateness      (late -> <source>.late, counted, not applied)
       -> each GroupBy's compiled row logic, keyed by (GroupBy, entity)
-    union -> key_by -> TileFunction: period values in MapState (the shared tile encoding, never pickle), flushed to
-      memcached as idempotent full-IR upserts on a processing-time timer (``--flush-interval-ms``; 0 = at once)
-      and on watermark progress; periods past retention are cleared by event-time timers.
+    union -> key_by -> TileFunction: decoded tile IRs per key in operator memory (flink_jobs.tiling.KeyTiles);
+      an event updates IRs only and appends itself to the key's MapState as a pending row; dirty periods are
+      encoded (once per flush, however many events a hot key had) and written to memcached as idempotent full-IR
+      upserts every ``--flush-interval-ms`` (checked per element; 0 = after every element), on a per-key
+      processing-time timer (at most one pending per key) and on event-time timers; periods past retention are
+      cleared by event-time timers.
+
+Checkpoint correctness: PyFlink gives a keyed Python function no hook before the barrier, so the keyed state is
+kept restorable at *every* element instead. A key's MapState always holds its period values as of the last
+compaction plus every row applied since (``r:<seq>``, in order; a put per event, no IR encode). A key's timer
+(flush interval after its first uncompacted row) flushes and then compacts it: encoded period values put, rows
+removed, both in the key's context, so a barrier between any two elements snapshots a consistent pair, together
+with the timers. On restore a key is rebuilt on first touch (event or restored timer) by decoding its period
+values and replaying its pending rows, which marks them dirty so they are flushed again (idempotent).
+Compaction only follows a flush, so a compacted value has reached memcached before the checkpoint that holds
+it. Memcached may be ahead of the restored checkpoint; the replayed Kafka records recompute the same values.
 
 The decisions (lateness, tiles, eviction, bytes) live in :mod:`flink_jobs.tiling`; this module moves bytes.
 
@@ -42,8 +55,7 @@ from typing import Any
 from features.plan import GroupByPlan, Plan
 from features.reference import row_function
 from features.tiles import StateCodec, tile_suffix
-from features.windows import align
-from flink_jobs.tiling import PeriodEntry, entity_of, is_late, retention_of
+from flink_jobs.tiling import KeyTiles, entity_of, is_late, retention_of
 from kvstore.codec import KeyLayout, encode_entity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +223,7 @@ class _Metrics:
 def _functions() -> tuple[Any, Any]:
     from pyflink.common import Types
     from pyflink.datastream import KeyedProcessFunction, ProcessFunction, RuntimeContext
-    from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+    from pyflink.datastream.state import MapStateDescriptor
 
     class ParseFunction(ProcessFunction):
         """JSON -> validated event -> per GroupBy (row logic) a (GroupBy index, key, projected row) record."""
@@ -293,7 +305,8 @@ def _functions() -> tuple[Any, Any]:
             m.maybe_write()
 
     class TileFunction(KeyedProcessFunction):
-        """Per (GroupBy, entity): period values in MapState; flush dirty ones to memcached."""
+        """Per (GroupBy, entity): decoded tiles in memory (:class:`KeyTiles`); keyed state holds period values
+        plus the rows applied since they were last written; dirty periods are encoded at flush time."""
 
         def __init__(self, plan_json: str, names: list[str], settings: dict[str, Any]) -> None:
             self.plan_json = plan_json
@@ -312,18 +325,21 @@ def _functions() -> tuple[Any, Any]:
             self.datasets = [gb.stream.dataset for gb in self.gbs]  # type: ignore[union-attr]
             self.lateness = [gb.source.allowed_lateness_ms for gb in self.gbs]
             fi = s["flush_interval_ms"]
-            self.flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
+            flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
+            # One operator-wide flush interval: the shortest any GroupBy asks for.
+            self.flush_ms = max(0, min(flush_ms))
             self.store = MemcachedStore(
                 s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
             )
-            self.periods = runtime_context.get_map_state(
-                MapStateDescriptor("periods", Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+            self.state = runtime_context.get_map_state(
+                MapStateDescriptor("tiles", Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
             )
-            self.dirty = runtime_context.get_state(ValueStateDescriptor("dirty", Types.STRING()))
-            self.flush_at = runtime_context.get_state(ValueStateDescriptor("flush_at", Types.LONG()))
-            self.cache: OrderedDict[str, dict[str, PeriodEntry]] = OrderedDict()
+            self.cache: OrderedDict[str, KeyTiles] = OrderedDict()
             self.cache_max = int(s.get("cache_keys", 50_000))
             self.evict_at: dict[str, int] = {}
+            self.timer_at: dict[str, int] = {}  # the key's pending processing-time (flush/compaction) timer
+            self.dirty_keys: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
+            self.next_flush = 0.0
             self.m = _Metrics(
                 runtime_context,
                 "tiles",
@@ -342,51 +358,39 @@ def _functions() -> tuple[Any, Any]:
             if self._profile is not None:
                 self._profile.disable()
                 self._profile.dump_stats(os.environ["TESSERA_PROFILE"])
+            self._flush_all()  # memcached only: state already holds every applied row
             self.m.maybe_write(force=True)
             self.store.close()
 
-        # -- the key's period values: MapState, mirrored in memory per key (LRU over keys) --------------
-        def _periods_of(self, key: str) -> dict[str, PeriodEntry]:
-            entries = self.cache.get(key)
-            if entries is None:  # first time this key is seen since open(): load all of it in one read
-                entries = {pk: PeriodEntry.from_value(bytes(v)) for pk, v in self.periods.items()}
-                self.cache[key] = entries
+        # -- the current key's tiles: in memory, loaded from MapState once (LRU over keys) ---------------
+        def _tiles_of(self, gi: int, key: str) -> KeyTiles:
+            kt = self.cache.get(key)
+            if kt is None:  # first time this key is seen since open(): load all of it in one read
+                kt = KeyTiles.load(self.codecs[gi], self.retention[gi], self.state.items())
+                if kt.dirty:  # rows replayed from state (after a restore): flush them again (idempotent)
+                    self.dirty_keys[key] = kt
+                self.cache[key] = kt
                 if len(self.cache) > self.cache_max:
+                    # Dropped keys are rebuilt from state (period values + pending rows); flush them first.
+                    self._flush_all()
                     for _ in range(len(self.cache) // 4):
                         old, _ = self.cache.popitem(last=False)
                         self.evict_at.pop(old, None)
             else:
                 self.cache.move_to_end(key)
-            return entries
+            return kt
 
         def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
             gi, key, row = value
-            codec = self.codecs[gi]
-            ts = row[codec.time_col]
             timers = ctx.timer_service()
             wm = timers.current_watermark()
-            if is_late(ts, wm if wm > LONG_MIN else None, self.lateness[gi]):
+            if is_late(row[self.codecs[gi].time_col], wm if wm > LONG_MIN else None, self.lateness[gi]):
                 self.m.inc("late_at_tiler")  # never expected: the parse operator saw a later watermark
                 return iter(())
-            entries = self._periods_of(key)
-            immediate = self.flush_ms[gi] <= 0
-            dirty: set[str] = set()
-            if not immediate:
-                dirty_s = self.dirty.value() or ""
-                dirty = set(dirty_s.split(",")) if dirty_s else set()
-            earliest: int | None = None
-            for size in codec.sizes:
-                period = codec.period_of[size]
-                ps = align(ts - ts % size, period)
-                pk = f"{size}:{ps}"
-                entry = entries.get(pk)
-                if entry is None:
-                    entry = entries[pk] = PeriodEntry(size, ps)
-                    expiry = ps + period + self.retention[gi][size]
-                    earliest = expiry if earliest is None else min(earliest, expiry)
-                entry.update(codec, row)
-                self.periods.put(pk, entry.value())
-                dirty.add(pk)
+            kt = self._tiles_of(gi, key)
+            rk, rv, earliest = kt.apply(row)
+            self.state.put(rk, rv)  # state = period values + rows since: restorable at any barrier
+            self.dirty_keys[key] = kt
             if earliest is not None:
                 # One pending eviction timer per key (in memory; after a restore Flink has the old ones).
                 pending = self.evict_at.get(key)
@@ -395,34 +399,52 @@ def _functions() -> tuple[Any, Any]:
                     timers.register_event_time_timer(at)
                     self.evict_at[key] = at
             self.m.inc("applied")
-            if immediate:
-                self._flush(gi, key, entries, dirty)
+            if self.flush_ms <= 0:
+                self._flush_all()
+                self._compact(kt)
             else:
-                self.dirty.update(",".join(sorted(dirty)))
-                if self.flush_at.value() is None:
-                    at = timers.current_processing_time() + self.flush_ms[gi]
+                now = time.monotonic()
+                if now >= self.next_flush:
+                    self._flush_all()
+                if key not in self.timer_at:
+                    # At most one per key per flush interval: compacts its state, flushes if nothing else did.
+                    at = timers.current_processing_time() + self.flush_ms
                     timers.register_processing_time_timer(at)
-                    self.flush_at.update(at)
+                    self.timer_at[key] = at
             self.m.maybe_write()
             return iter(())
 
-        def _flush(self, gi: int, key: str, entries: dict[str, PeriodEntry], dirty: set[str]) -> None:
-            if not dirty:
+        def _compact(self, kt: KeyTiles) -> None:
+            """Write the current key's changed period values to state and drop its pending rows."""
+            puts, removes = kt.compact()
+            for pk, v in puts.items():
+                self.state.put(pk, v)
+            for rk in removes:
+                self.state.remove(rk)
+
+        def _flush_all(self) -> None:
+            """Encode every dirty period of every key (once, however many events it took) -> memcached."""
+            self.next_flush = time.monotonic() + self.flush_ms / 1000
+            if not self.dirty_keys:
                 return
-            _, entity = parse_flink_key(key)
-            layout = self.layouts[gi]
-            ent = encode_entity(list(entity))
-            items: dict[bytes, bytes] = {}
-            for pk in dirty:
-                entry = entries.get(pk)
-                if entry is not None:
-                    items[layout.key(ent, tile_suffix(entry.size, entry.period_start))] = entry.value()
-            if not items:
-                return
+            items: dict[str, dict[bytes, bytes]] = {}
+            for key, kt in self.dirty_keys.items():
+                gi, entity = parse_flink_key(key)
+                layout = self.layouts[gi]
+                ent = encode_entity(list(entity))
+                out = items.setdefault(self.datasets[gi], {})
+                for size, ps, v in kt.flush():
+                    out[layout.key(ent, tile_suffix(size, ps))] = v
+            self.dirty_keys.clear()
+            for dataset, batch in items.items():
+                if batch:
+                    self._put(dataset, batch)
+
+        def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
             t0 = time.perf_counter()
             for attempt in range(5):
                 try:
-                    self.store.multi_put(self.datasets[gi], items)
+                    self.store.multi_put(dataset, items)
                     break
                 except Exception:
                     self.m.inc("flush_errors")
@@ -438,39 +460,27 @@ def _functions() -> tuple[Any, Any]:
 
             key = ctx.get_current_key()
             gi, _ = parse_flink_key(key)
-            entries = self._periods_of(key)
-            dirty_s = self.dirty.value() or ""
-            if dirty_s:
-                self._flush(gi, key, entries, set(dirty_s.split(",")))
-                self.dirty.clear()
+            kt = self._tiles_of(gi, key)
+            self._flush_all()
+            self._compact(kt)
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-                self.flush_at.clear()
+                if self.timer_at.get(key, timestamp) <= timestamp:
+                    self.timer_at.pop(key, None)
             elif timestamp < END_OF_INPUT_MS:
-                self._evict(gi, key, entries, timestamp, ctx)
+                self._evict(key, kt, timestamp, ctx)
             self.m.maybe_write()
             return iter(())
 
-        def _evict(
-            self, gi: int, key: str, entries: dict[str, PeriodEntry], watermark: int, ctx: Any
-        ) -> None:
-            codec = self.codecs[gi]
-            retention = self.retention[gi]
-            gone = [
-                pk
-                for pk, e in entries.items()
-                if e.period_start + codec.period_of[e.size] + retention[e.size] <= watermark
-            ]
+        def _evict(self, key: str, kt: KeyTiles, watermark: int, ctx: Any) -> None:
+            gone = kt.expired(watermark)  # flushed and compacted just before
             for pk in gone:
-                self.periods.remove(pk)
-                del entries[pk]
+                self.state.remove(pk)
             if gone:
                 self.m.inc("periods_evicted", len(gone))
             if self.evict_at.get(key, watermark) <= watermark:
                 self.evict_at.pop(key, None)
-            if entries and key not in self.evict_at:
-                nxt = min(
-                    e.period_start + codec.period_of[e.size] + retention[e.size] for e in entries.values()
-                )
+            nxt = kt.next_expiry()
+            if nxt is not None and key not in self.evict_at:
                 at = -(-nxt // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
                 ctx.timer_service().register_event_time_timer(at)
                 self.evict_at[key] = at

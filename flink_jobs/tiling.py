@@ -15,11 +15,13 @@ decision is made here, with the shared layout of :mod:`features.tiles`:
 
 Two forms share these rules: :class:`Tiler` holds every entity of one GroupBy in memory (unit tests, replays,
 ``snapshot``/``restore``), and the per-entity helpers (:func:`apply_row`, :func:`period_value`,
-:func:`expired_periods`, :func:`encode_tile`) are what the Flink operator calls with its keyed state.
+:func:`expired_periods`, :func:`encode_tile`) and :class:`KeyTiles` (one key: IRs decoded in memory, encoded only
+at flush, keyed state = period values + rows applied since) are what the Flink operator uses with its keyed state.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -351,30 +353,168 @@ class PeriodEntry:
         r.done()
         return entry
 
-    def update(self, codec: StateCodec, row: Mapping[str, Any]) -> None:
-        """Fold a projected row (its event time must fall in this period) into its tile."""
+    def update(self, codec: StateCodec, row: Mapping[str, Any], *, encode: bool = True) -> None:
+        """Fold a projected row (its event time must fall in this period) into its tile.
+
+        ``encode=False`` only marks the tile stale: :meth:`value` (given the codec) re-encodes it once, however
+        many rows landed in it since the last encode.
+        """
         ts = row[codec.time_col]
         start = ts - ts % self.size
         tile = self.tiles.get(start)
         if tile is None:
             irs = codec.init()
-            tile = self.tiles[start] = [ts, irs, b""]
+            tile = self.tiles[start] = [ts, irs, None]
         elif tile[1] is None:
             tile[1] = codec.decode(tile[2])
         codec.update(tile[1], row)
         if ts > tile[0]:
             tile[0] = ts
-        tile[2] = codec.encode(tile[1])
+        tile[2] = codec.encode(tile[1]) if encode else None
 
-    def value(self) -> bytes:
+    def value(self, codec: StateCodec | None = None) -> bytes:
+        """The period value; tiles left stale by ``update(..., encode=False)`` are encoded now (needs ``codec``)."""
         w = Writer()
         w.buf.append(TILES_FORMAT)
         w.uvarint(self.size)
         w.svarint(self.period_start)
         w.uvarint(len(self.tiles))
         for start in sorted(self.tiles):
-            max_ts, _, enc = self.tiles[start]
+            tile = self.tiles[start]
+            max_ts, _, enc = tile
+            if enc is None:
+                if codec is None:
+                    raise ValueError("stale tiles: value() needs the codec")
+                enc = tile[2] = codec.encode(tile[1])
             w.uvarint((start - self.period_start) // self.size)
             w.svarint(max_ts - start)
             w.raw(enc)
         return w.getvalue()
+
+
+# ---- one key of the Flink operator: decoded IRs in memory, encoded at flush time ---------------------------
+
+#: MapState keys of pending rows (``r:<seq>``); period values use ``<size>:<period start>``.
+ROW_PREFIX = "r:"
+
+
+def period_state_key(size_ms: int, period_start_ms: int) -> str:
+    return f"{size_ms}:{period_start_ms}"
+
+
+def encode_row(row: Mapping[str, Any]) -> bytes:
+    """A projected row as state bytes (JSON: the row logic's values are JSON scalars)."""
+    return json.dumps(row, separators=(",", ":"), allow_nan=True).encode()
+
+
+def decode_row(data: bytes) -> dict[str, Any]:
+    return json.loads(data)
+
+
+class KeyTiles:
+    """The in-memory tiles of one (GroupBy, entity) of the Flink operator, and what its keyed state must hold.
+
+    Events update decoded IRs only (:meth:`apply`); period values are encoded when flushed (:meth:`flush`), once
+    per dirty period however many events landed in it. Keyed state (one MapState per key) always equals
+    *period values as of the last compaction* plus *the rows applied since* (``r:<seq>`` entries, in order):
+    :meth:`apply` returns the row entry to put, :meth:`compact` the period values to put and row entries to
+    remove, and :meth:`load` rebuilds this object from such state (replaying the rows). Whatever the moment a
+    checkpoint barrier arrives, the state is therefore enough to restore the key exactly.
+    """
+
+    __slots__ = ("codec", "dirty", "entries", "retention", "seq", "uncompacted")
+
+    def __init__(self, codec: StateCodec, retention: Mapping[int, int]) -> None:
+        self.codec = codec
+        self.retention = retention
+        self.entries: dict[str, PeriodEntry] = {}
+        self.dirty: set[str] = set()  # changed since the last flush (memcached)
+        self.uncompacted: set[str] = set()  # changed since the last compaction (period values in state)
+        self.seq = 0  # pending rows in state: r:0 .. r:seq-1
+
+    @classmethod
+    def load(
+        cls, codec: StateCodec, retention: Mapping[int, int], state: Iterable[tuple[str, bytes]]
+    ) -> KeyTiles:
+        """From the key's MapState items: period values parsed (IRs decoded lazily), pending rows replayed."""
+        kt = cls(codec, retention)
+        rows: list[tuple[int, bytes]] = []
+        for k, v in state:
+            if k.startswith(ROW_PREFIX):
+                rows.append((int(k[len(ROW_PREFIX) :]), bytes(v)))
+            else:
+                kt.entries[k] = PeriodEntry.from_value(bytes(v))
+        rows.sort()
+        for _, data in rows:
+            kt._fold(decode_row(data))
+        kt.seq = rows[-1][0] + 1 if rows else 0
+        return kt
+
+    def _fold(self, row: Mapping[str, Any]) -> int | None:
+        codec = self.codec
+        ts = row[codec.time_col]
+        earliest: int | None = None
+        for size in codec.sizes:
+            period = codec.period_of[size]
+            ps = align(ts - ts % size, period)
+            pk = period_state_key(size, ps)
+            entry = self.entries.get(pk)
+            if entry is None:
+                entry = self.entries[pk] = PeriodEntry(size, ps)
+                expiry = ps + period + self.retention[size]
+                earliest = expiry if earliest is None else min(earliest, expiry)
+            entry.update(codec, row, encode=False)
+            self.dirty.add(pk)
+            self.uncompacted.add(pk)
+        return earliest
+
+    def apply(self, row: Mapping[str, Any]) -> tuple[str, bytes, int | None]:
+        """Fold an on-time row. Returns the state entry to put (the pending row) and the earliest expiry of the
+        periods it created (``None`` if it created none)."""
+        earliest = self._fold(row)
+        k = f"{ROW_PREFIX}{self.seq}"
+        self.seq += 1
+        return k, encode_row(row), earliest
+
+    def flush(self) -> list[tuple[int, int, bytes]]:
+        """``(size, period start, value)`` of every dirty period (encoded now); clears the dirty set."""
+        out = []
+        for pk in self.dirty:
+            e = self.entries.get(pk)
+            if e is not None:
+                out.append((e.size, e.period_start, e.value(self.codec)))
+        self.dirty.clear()
+        return out
+
+    def compact(self) -> tuple[dict[str, bytes], list[str]]:
+        """Period values to put and pending-row keys to remove so state holds no rows; resets both."""
+        puts = {pk: self.entries[pk].value(self.codec) for pk in self.uncompacted if pk in self.entries}
+        removes = [f"{ROW_PREFIX}{i}" for i in range(self.seq)]
+        self.uncompacted.clear()
+        self.seq = 0
+        return puts, removes
+
+    def expired(self, watermark_ms: int) -> list[str]:
+        """Drop (from memory) and return the periods past retention at ``watermark_ms``; flush and compact
+        first (a dropped period is neither flushed nor written)."""
+        codec = self.codec
+        gone = [
+            pk
+            for pk, e in self.entries.items()
+            if e.period_start + codec.period_of[e.size] + self.retention[e.size] <= watermark_ms
+        ]
+        for pk in gone:
+            del self.entries[pk]
+            self.dirty.discard(pk)
+            self.uncompacted.discard(pk)
+        return gone
+
+    def next_expiry(self) -> int | None:
+        codec = self.codec
+        return min(
+            (
+                e.period_start + codec.period_of[e.size] + self.retention[e.size]
+                for e in self.entries.values()
+            ),
+            default=None,
+        )
