@@ -8,7 +8,8 @@ Per request, for every part of the Join (a GroupBy and the request's entity key)
   the published version (with its boundary, from the version's metadata record, :mod:`kvstore.meta`) is
   re-checked at most every ``version_check_s``.
 * **Stream**: the period values :func:`features.tiles.stream_reads` names for the query time (a bounded number
-  whatever the window length), one ``multi_get`` per stream dataset. A period value whose period ended before
+  whatever the window length), every stream dataset in one request: with memcached, one ``get_many`` per node
+  touched (:meth:`~kvstore.memcached.MemcachedStore.multi_get_many`; an entity's values share a node). A period value whose period ended before
   the stream's watermark (the clock minus allowed lateness and the flush interval) no longer changes: it is
   cached too.
 * **Merge**: :func:`features.tiles.merge_features`, then the Join's output names and derivations
@@ -36,6 +37,7 @@ from features.windows import DAY_MS
 from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity
 from kvstore.dual import DualStore
+from kvstore.memcached import MemcachedStore
 from kvstore.meta import decode_meta, meta_key
 
 if TYPE_CHECKING:
@@ -380,26 +382,33 @@ class Fetcher:
                         continue
                 r.period_keys[key] = (size, pstart)
                 wanted.setdefault(rt.stream_dataset, {}).setdefault(key, []).append(r)
+        if not wanted:
+            return
+        if time.perf_counter() > deadline:
+            for by_key in wanted.values():
+                for rs in by_key.values():
+                    for r in rs:
+                        r.error = r.error or "fetch budget spent before the stream store was read"
+            return
+        try:
+            got, unavailable = self._stream_get({dataset: list(by_key) for dataset, by_key in wanted.items()})
+        except Exception as e:
+            for by_key in wanted.values():
+                for rs in by_key.values():
+                    for r in rs:
+                        r.error = r.error or f"stream store unavailable: {type(e).__name__}: {e}"
+            return
         for dataset, by_key in wanted.items():
-            parts = {id(r): r for rs in by_key.values() for r in rs}.values()
-            if time.perf_counter() > deadline:
-                for r in parts:
-                    r.error = "fetch budget spent before the stream store was read"
-                continue
-            try:
-                got, unavailable = self._stream_get(dataset, list(by_key))
-            except Exception as e:
-                for r in parts:
-                    r.error = f"stream store unavailable: {type(e).__name__}: {e}"
-                continue
+            got_ds = got.get(dataset, {})
+            unavailable_ds = unavailable.get(dataset, frozenset())
             for key, rs in by_key.items():
                 for r in rs:
                     if r.error is not None:
                         continue
-                    if key in unavailable:
+                    if key in unavailable_ds:
                         r.error = f"stream store unavailable for {dataset} (node down or slow)"
                         continue
-                    blob = got.get(key)
+                    blob = got_ds.get(key)
                     if blob is None:
                         continue
                     rt = self._gbs[r.gb.name]
@@ -412,12 +421,22 @@ class Fetcher:
                         self.tile_cache.put((dataset, key), tiles)
                     r.tiles.update({(size, s): tile for s, tile in tiles.items()})
 
-    def _stream_get(self, dataset: str, keys: list[bytes]) -> tuple[dict[bytes, bytes], frozenset[bytes]]:
+    def _stream_get(
+        self, requests: dict[str, list[bytes]]
+    ) -> tuple[dict[str, dict[bytes, bytes]], dict[str, frozenset[bytes]]]:
+        """Every stream dataset's keys: one round trip per memcached node touched, else one call per dataset."""
+        if isinstance(self.stream, MemcachedStore):
+            return self.stream.multi_get_many(requests)
+        got: dict[str, dict[bytes, bytes]] = {}
+        unavailable: dict[str, frozenset[bytes]] = {}
         report = getattr(self.stream, "multi_get_report", None)
-        if report is not None:
-            res = report(dataset, keys)
-            return res.values, res.unavailable
-        return self.stream.multi_get(dataset, keys), frozenset()
+        for dataset, keys in requests.items():
+            if report is not None:
+                res = report(dataset, keys)
+                got[dataset], unavailable[dataset] = res.values, res.unavailable
+            else:
+                got[dataset] = self.stream.multi_get(dataset, keys)
+        return got, unavailable
 
     def cache_stats(self) -> dict[str, int]:
         return {
