@@ -331,15 +331,17 @@ def _functions() -> tuple[Any, Any]:
             self.store = MemcachedStore(
                 s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
             )
+            # Values are bytes held as latin-1 strings: a byte array crosses into the JVM one element at a time
+            # (PyFlink's converter), a string in one call (thread mode: ~30x cheaper per put for period values).
             self.state = runtime_context.get_map_state(
-                MapStateDescriptor("tiles", Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+                MapStateDescriptor("tiles", Types.STRING(), Types.STRING())
             )
             self.cache: OrderedDict[str, KeyTiles] = OrderedDict()
             self.cache_max = int(s.get("cache_keys", 50_000))
             self.evict_at: dict[str, int] = {}
             self.timer_at: dict[str, int] = {}  # the key's pending processing-time (flush/compaction) timer
             self.dirty_keys: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
-            self.next_flush = 0.0
+            self.next_flush = 0  # processing time (epoch ms) when the next operator-wide flush is due
             self.m = _Metrics(
                 runtime_context,
                 "tiles",
@@ -366,7 +368,11 @@ def _functions() -> tuple[Any, Any]:
         def _tiles_of(self, gi: int, key: str) -> KeyTiles:
             kt = self.cache.get(key)
             if kt is None:  # first time this key is seen since open(): load all of it in one read
-                kt = KeyTiles.load(self.codecs[gi], self.retention[gi], self.state.items())
+                kt = KeyTiles.load(
+                    self.codecs[gi],
+                    self.retention[gi],
+                    ((k, v.encode("latin-1")) for k, v in self.state.items()),
+                )
                 if kt.dirty:  # rows replayed from state (after a restore): flush them again (idempotent)
                     self.dirty_keys[key] = kt
                 self.cache[key] = kt
@@ -389,7 +395,9 @@ def _functions() -> tuple[Any, Any]:
                 return iter(())
             kt = self._tiles_of(gi, key)
             rk, rv, earliest = kt.apply(row)
-            self.state.put(rk, rv)  # state = period values + rows since: restorable at any barrier
+            self.state.put(
+                rk, rv.decode("latin-1")
+            )  # state = period values + rows since: restorable at any barrier
             self.dirty_keys[key] = kt
             if earliest is not None:
                 # One pending eviction timer per key (in memory; after a restore Flink has the old ones).
@@ -403,12 +411,13 @@ def _functions() -> tuple[Any, Any]:
                 self._flush_all()
                 self._compact(kt)
             else:
-                now = time.monotonic()
+                now = timers.current_processing_time()
                 if now >= self.next_flush:
-                    self._flush_all()
+                    self._flush_all(now)
                 if key not in self.timer_at:
-                    # At most one per key per flush interval: compacts its state, flushes if nothing else did.
-                    at = timers.current_processing_time() + self.flush_ms
+                    # At most one per key per flush interval: it compacts the key's state, after the flush that is
+                    # due by then (the next flush is at most flush_ms away), or that it does itself.
+                    at = now + self.flush_ms
                     timers.register_processing_time_timer(at)
                     self.timer_at[key] = at
             self.m.maybe_write()
@@ -418,13 +427,14 @@ def _functions() -> tuple[Any, Any]:
             """Write the current key's changed period values to state and drop its pending rows."""
             puts, removes = kt.compact()
             for pk, v in puts.items():
-                self.state.put(pk, v)
+                self.state.put(pk, v.decode("latin-1"))
             for rk in removes:
                 self.state.remove(rk)
 
-        def _flush_all(self) -> None:
+        def _flush_all(self, now_ms: int | None = None) -> None:
             """Encode every dirty period of every key (once, however many events it took) -> memcached."""
-            self.next_flush = time.monotonic() + self.flush_ms / 1000
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            self.next_flush = now + self.flush_ms
             if not self.dirty_keys:
                 return
             items: dict[str, dict[bytes, bytes]] = {}
@@ -461,18 +471,25 @@ def _functions() -> tuple[Any, Any]:
             key = ctx.get_current_key()
             gi, _ = parse_flink_key(key)
             kt = self._tiles_of(gi, key)
-            self._flush_all()
-            self._compact(kt)
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
                 if self.timer_at.get(key, timestamp) <= timestamp:
                     self.timer_at.pop(key, None)
+                if kt.dirty or ctx.timer_service().current_processing_time() >= self.next_flush:
+                    self._flush_all()  # compaction needs the key's values in memcached first
+                self._compact(kt)
             elif timestamp < END_OF_INPUT_MS:
                 self._evict(key, kt, timestamp, ctx)
+            else:
+                self._flush_all()
             self.m.maybe_write()
             return iter(())
 
         def _evict(self, key: str, kt: KeyTiles, watermark: int, ctx: Any) -> None:
-            gone = kt.expired(watermark)  # flushed and compacted just before
+            if kt.expiring(watermark):
+                # Flush and compact first: a dropped period is neither flushed nor rebuilt from pending rows.
+                self._flush_all()
+                self._compact(kt)
+            gone = kt.expired(watermark)
             for pk in gone:
                 self.state.remove(pk)
             if gone:

@@ -494,6 +494,14 @@ class KeyTiles:
         self.seq = 0
         return puts, removes
 
+    def expiring(self, watermark_ms: int) -> bool:
+        """True if some period is past retention at ``watermark_ms``."""
+        codec = self.codec
+        return any(
+            e.period_start + codec.period_of[e.size] + self.retention[e.size] <= watermark_ms
+            for e in self.entries.values()
+        )
+
     def expired(self, watermark_ms: int) -> list[str]:
         """Drop (from memory) and return the periods past retention at ``watermark_ms``; flush and compact
         first (a dropped period is neither flushed nor written)."""
