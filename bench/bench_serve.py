@@ -1,0 +1,431 @@
+"""HTTP serving benchmark: ``tessera serve`` in its own process, driven open-loop over loopback at fixed rates.
+
+The world: seeded payments (``features.synthetic.generate``) whose last day is today, batch state of every
+fraud_v1 GroupBy as of today's midnight in the embedded LMDB bulk store, stream period values of the request
+entities (every event from midnight to now) on 3 local memcached nodes, and an xgboost model trained with
+``serving.scoring.train`` on a small reference training set (``features.reference``; ``--rules-only`` skips
+it). Then:
+
+1. in-process ``Fetcher.fetch`` latency over the same stores (warm caches, wall clock), for comparison;
+2. ``python -m tessera.cli serve`` on 127.0.0.1 as a separate process (``TESSERA_MEMCACHED``,
+   ``TESSERA_BULK_STORE=embedded:PATH``, ``--model-dir``), fetching at its own wall clock;
+3. from this process, for ``POST /v1/features/fraud_v1`` and ``POST /v1/decide``, one stage per rate: requests
+   are *scheduled* at ``i / rate`` (open loop: a slow answer does not delay the next request) with asyncio +
+   httpx, at most ``--seconds`` of schedule and ``--max-requests`` requests per stage, each with a
+   ``--timeout-s`` deadline. At most ``--max-inflight`` requests wait for an answer at once (one connection
+   each); a request due while the cap is reached is *shed* (counted, not sent), so an overloaded server cannot
+   make the client queue without bound. Latency is measured from the scheduled time (so client lag counts), and
+   also from the actual send.
+
+Prints a markdown table: achieved throughput, p50/p99/p99.9 per endpoint and rate, errors and degraded answers.
+``python bench/bench_serve.py [--rates 100,300,1000] [--seconds 10] [--rules-only]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.compile import compile_repo
+from features.plan import JoinPlan, Plan
+from features.reference import GroupByIndex, join_features
+from features.synthetic import generate
+from features.windows import DAY_MS, align
+from kvstore.embedded import EmbeddedBulkStore
+from kvstore.memcached import MemcachedStore
+from kvstore.services import free_port, start_memcached_cluster
+from serving.fetcher import Fetcher
+from serving.loader import project, write_batch, write_stream
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = ROOT / "features" / "fraud"
+JOIN = "fraud_v1"
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+# ---- the world -----------------------------------------------------------------------------------------------
+def load_world(
+    plan: Plan,
+    bulk: EmbeddedBulkStore,
+    stream: MemcachedStore,
+    *,
+    days: int,
+    events_per_day: int,
+    entities: int,
+) -> list[dict[str, Any]]:
+    """Write batch state (as of today's midnight) and the request entities' stream values; return requests."""
+    join = plan.join(JOIN)
+    now = time.time_ns() // 1_000_000
+    boundary = align(now, DAY_MS)
+    ds = generate(seed=9, days=days, events_per_day=events_per_day, start_ms=boundary - (days - 1) * DAY_MS)
+    payments = ds.payments.to_pylist()
+    raw = {"payments": payments, "labels": ds.labels.to_pylist()}
+    # Requests: the latest payment of distinct cards, preferring today's (before now); yesterday's if too few.
+    recent = sorted((r for r in payments if r["ts"] < now), key=lambda r: -r["ts"])
+    seen: set[Any] = set()
+    requests: list[dict[str, Any]] = []
+    for r in recent:
+        if r["card_id"] in seen:
+            continue
+        seen.add(r["card_id"])
+        requests.append({c: r[c] for c in join.left.schema})
+        if len(requests) >= entities:
+            break
+    version = time.strftime("%Y-%m-%d", time.gmtime(boundary / 1000 - 1))
+    for part in join.parts:
+        gb = plan.group_by(part.group_by)
+        by_key = project(gb, raw[gb.source.table])
+        write_batch(bulk, gb, by_key, boundary, version)
+        wanted = {tuple(req[part.key_map[k]] for k in gb.keys) for req in requests}
+        write_stream(stream, gb, {e: by_key.get(e, []) for e in wanted}, boundary, now)
+    return requests
+
+
+_SCALARS = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
+
+
+def _arrow_type(t: str) -> pa.DataType:
+    if t.startswith("array<"):
+        return pa.list_(_arrow_type(t[len("array<") : -1]))
+    if t.startswith("map<"):
+        k, v = t[len("map<") : -1].split(",", 1)
+        return pa.map_(_arrow_type(k.strip()), _arrow_type(v.strip()))
+    return _SCALARS[t]
+
+
+def train_model(plan: Plan, out_dir: Path) -> dict[str, Any]:
+    """A quick xgboost model on a small reference training set (4 days × 800 payments, fraud × 8)."""
+    from serving.scoring import train
+
+    join: JoinPlan = plan.join(JOIN)
+    ds = generate(seed=3, days=4, events_per_day=800, fraud_scale=8)
+    sources = {"payments": ds.payments.to_pylist(), "labels": ds.labels.to_pylist()}
+    parts = {p.group_by for p in join.parts}
+    indexes = {
+        gb.name: GroupByIndex(gb, sources[gb.source.table]) for gb in plan.group_bys if gb.name in parts
+    }
+    requests = sources["payments"]
+    rows = join_features(join, indexes, requests)
+    schema = pa.schema(
+        [(c, _arrow_type(t)) for c, t in join.output_schema.items()] + [("is_fraud", pa.int64())]
+    )
+    columns: dict[str, list[Any]] = {c: [] for c in schema.names}
+    for row, req in zip(rows, requests, strict=True):
+        for c, t in join.output_schema.items():
+            v = row[c]
+            columns[c].append(list(v.items()) if t.startswith("map<") and v is not None else v)
+        columns["is_fraud"].append(req["is_fraud"])
+    path = out_dir.parent / "training.parquet"
+    pq.write_table(pa.table(columns, schema=schema), path)
+    result = train(path, join, out_dir=out_dir, num_boost_round=80)
+    return dict(result.metrics)
+
+
+def in_process_fetch(
+    plan: Plan, bulk: EmbeddedBulkStore, stream: MemcachedStore, requests: list[dict[str, Any]], n: int
+) -> dict[str, float]:
+    fetcher = Fetcher(plan, (bulk, stream))
+    for req in requests[:50]:
+        fetcher.fetch(JOIN, req)
+    totals: list[float] = []
+    degraded = 0
+    for i in range(n):
+        started = time.perf_counter()
+        vec = fetcher.fetch(JOIN, requests[i % len(requests)])
+        totals.append((time.perf_counter() - started) * 1e3)
+        degraded += vec.degraded
+    return {
+        "n": n,
+        "p50": statistics.median(totals),
+        "p99": _pct(totals, 0.99),
+        "p999": _pct(totals, 0.999),
+        "degraded": degraded,
+    }
+
+
+# ---- the server ----------------------------------------------------------------------------------------------
+def start_server(
+    port: int, memcached: list[str], bulk_path: Path, model_dir: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "TESSERA_API_TOKEN"}
+    env.update(
+        TESSERA_MEMCACHED=",".join(memcached),
+        TESSERA_BULK_STORE=f"embedded:{bulk_path}",
+        TESSERA_DATA_DIR=str(bulk_path.parent),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tessera.cli",
+        "serve",
+        str(REPO),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    cmd += ["--model-dir", str(model_dir)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tessera serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError(f"tessera serve did not answer /healthz within 90 s:\n{log.read_text()[-3000:]}")
+
+
+# ---- the load ------------------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    endpoint: str
+    rate: int
+    scheduled: int = 0
+    shed: int = 0  # not sent: ``max_inflight`` requests were already waiting for an answer
+    ok: int = 0
+    errors: int = 0
+    degraded: int = 0
+    fallback: int = 0  # decisions flagged model_fallback (model timed out, failed or missing): rules only
+    latency_ms: list[float] = field(default_factory=list)  # from the scheduled time
+    service_ms: list[float] = field(default_factory=list)  # from the actual send
+    max_lag_ms: float = 0.0
+    elapsed_s: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "rate": self.rate,
+            "requests": self.scheduled,
+            "ok": self.ok,
+            "errors": self.errors,
+            "shed": self.shed,
+            "degraded": self.degraded,
+            "fallback": self.fallback,
+            "achieved": self.ok / self.elapsed_s if self.elapsed_s else 0.0,
+            "p50": _pct(self.latency_ms, 0.5),
+            "p99": _pct(self.latency_ms, 0.99),
+            "p999": _pct(self.latency_ms, 0.999),
+            "send_p99": _pct(self.service_ms, 0.99),
+            "max_lag": self.max_lag_ms,
+        }
+
+
+async def run_stage(
+    client: httpx.AsyncClient,
+    path: str,
+    bodies: list[dict[str, Any]],
+    rate: int,
+    seconds: float,
+    max_requests: int,
+    timeout_s: float,
+    max_inflight: int,
+) -> Stage:
+    stage = Stage(path, rate)
+    inflight = 0
+    n = max(1, min(int(rate * seconds), max_requests))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.05
+
+    async def one(i: int, at: float) -> None:
+        nonlocal inflight
+        sent = loop.time()
+        stage.max_lag_ms = max(stage.max_lag_ms, (sent - at) * 1e3)
+        inflight += 1
+        try:
+            resp = await client.post(path, json=bodies[i % len(bodies)], timeout=timeout_s)
+        except httpx.HTTPError:
+            stage.errors += 1
+            return
+        finally:
+            inflight -= 1
+        done = loop.time()
+        if resp.status_code != 200:
+            stage.errors += 1
+            return
+        stage.ok += 1
+        stage.degraded += b'"degraded":true' in resp.content
+        stage.fallback += b'"model_fallback"' in resp.content
+        stage.latency_ms.append((done - at) * 1e3)
+        stage.service_ms.append((done - sent) * 1e3)
+
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(n):
+        at = t0 + i / rate
+        delay = at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if inflight >= max_inflight:  # open loop with a bounded client: shed instead of queueing without end
+            stage.shed += 1
+            continue
+        tasks.append(asyncio.create_task(one(i, at)))
+    stage.scheduled = n
+    pending: set[asyncio.Task[None]] = set()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s + 1.0)
+    for t in pending:  # bounded: whatever has not answered by now counts as an error
+        t.cancel()
+        stage.errors += 1
+    stage.elapsed_s = loop.time() - t0
+    return stage
+
+
+async def drive(
+    port: int,
+    bodies: list[dict[str, Any]],
+    rates: list[int],
+    seconds: float,
+    max_requests: int,
+    timeout_s: float,
+    max_inflight: int,
+) -> list[Stage]:
+    limits = httpx.Limits(max_connections=max_inflight, max_keepalive_connections=max_inflight)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
+        stages: list[Stage] = []
+        for path in (f"/v1/features/{JOIN}", "/v1/decide"):
+            await run_stage(client, path, bodies, 50, 2.0, 100, timeout_s, max_inflight)  # warm-up
+            for rate in rates:
+                st = await run_stage(
+                    client, path, bodies, rate, seconds, max_requests, timeout_s, max_inflight
+                )
+                r = st.row()
+                print(
+                    f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                    f"errors {r['errors']}, shed {r['shed']}",
+                    flush=True,
+                )
+                stages.append(st)
+                await asyncio.sleep(1.0)
+        return stages
+
+
+def _load_average() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rates", default="100,300,1000", help="request rates (req/s), comma-separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="schedule length per stage")
+    parser.add_argument("--max-requests", type=int, default=10_000, help="requests per stage at most")
+    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request deadline")
+    parser.add_argument("--max-inflight", type=int, default=64, help="client concurrency cap (then shed)")
+    parser.add_argument("--entities", type=int, default=200, help="distinct request cards")
+    parser.add_argument("--events-per-day", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--fetch-n", type=int, default=500, help="in-process fetches timed")
+    parser.add_argument("--rules-only", action="store_true", help="no model: /v1/decide runs the rules only")
+    args = parser.parse_args(argv)
+    rates = [int(r) for r in args.rates.split(",") if r.strip()]
+
+    plan = compile_repo(REPO)
+    nodes = start_memcached_cluster(3)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_s:
+            tmp = Path(tmp_s)
+            bulk_path = tmp / "bulk"
+            addrs = [s.address for s in nodes]
+            bulk = EmbeddedBulkStore(bulk_path)
+            stream = MemcachedStore(addrs)
+            t = time.perf_counter()
+            requests = load_world(
+                plan, bulk, stream, days=args.days, events_per_day=args.events_per_day, entities=args.entities
+            )
+            print(
+                f"world loaded in {time.perf_counter() - t:.1f} s: {len(requests)} request entities",
+                flush=True,
+            )
+            model_dir = tmp / "model"
+            if args.rules_only:
+                print("rules only: no model", flush=True)
+            else:
+                t = time.perf_counter()
+                metrics = train_model(plan, model_dir)
+                print(
+                    f"model trained in {time.perf_counter() - t:.1f} s "
+                    f"(valid PR-AUC {metrics['valid']['pr_auc']:.3f}, {metrics['features']} features)",
+                    flush=True,
+                )
+            fetch = in_process_fetch(plan, bulk, stream, requests, args.fetch_n)
+            bulk.close()
+            stream.close()
+            port = free_port()
+            proc = start_server(port, addrs, bulk_path, model_dir, tmp / "serve.log")
+            load_before = _load_average()
+            stages = asyncio.run(
+                drive(
+                    port, requests, rates, args.seconds, args.max_requests, args.timeout_s, args.max_inflight
+                )
+            )
+            load_after = _load_average()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for s in nodes:
+            s.stop()
+
+    print()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
+        f"load average (1, 5, 15 min) {load_before} before the HTTP stages, {load_after} after"
+    )
+    print(
+        f"settings: {len(requests)} entities, 3 memcached nodes, embedded bulk store, "
+        f"{'rules only' if args.rules_only else 'rules + xgboost model'}, uvicorn 1 worker, "
+        f"{args.seconds:g} s or {args.max_requests} requests per stage, timeout {args.timeout_s:g} s, at most {args.max_inflight} in flight"
+    )
+    print(
+        f"in-process fetch ({fetch['n']:.0f} fetches, warm): p50 {fetch['p50']:.2f} ms, p99 {fetch['p99']:.2f} ms, "
+        f"p99.9 {fetch['p999']:.2f} ms, degraded {fetch['degraded']:.0f}"
+    )
+    print()
+    print(
+        "| endpoint | target req/s | achieved req/s | requests | errors | shed | degraded | model fallback | p50 ms | p99 ms | p99.9 ms "
+        "| p99 from send ms | max client lag ms |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for st in stages:
+        r = st.row()
+        print(
+            f"| `POST {r['endpoint']}` | {r['rate']:,} | {r['achieved']:,.0f} | {r['requests']:,} | {r['errors']} | {r['shed']} | "
+            f"{r['degraded']} | {r['fallback']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['send_p99']:.1f} | "
+            f"{r['max_lag']:.1f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
