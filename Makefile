@@ -74,8 +74,9 @@ bench-backfill: setup ## Backfill benchmark: our Spark backfill vs DuckDB RANGE 
 bench-stream: setup streaming ## Stream benchmark: throughput and freshness p50/p99/p99.9 at fixed rates
 	$(BIN)/python bench/bench_stream.py $(BENCH_ARGS)
 
-bench-serve: setup ## Serving benchmark: in-process fetch latency of fraud_v1 (warm, no-cache, moving clock)
-	$(BIN)/python bench/bench_fetch.py $(BENCH_ARGS)
+bench-serve: setup ## Serving benchmark: HTTP p50/p99/p99.9 + throughput at fixed rates (server in its own process), in-process fetch
+	$(BIN)/python bench/bench_serve.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_fetch.py
 
 kv-up: setup ## Start 3 memcached + a PostgreSQL on 127.0.0.1 (PIDs in .data/services)
 	$(BIN)/python -m kvstore.services start memcached --nodes 3 --port 11311
