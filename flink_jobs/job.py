@@ -10,7 +10,7 @@ Built from a compiled plan only. Per source topic of the chosen GroupBys::
       an event updates IRs only and appends itself to the key's MapState as a pending row; dirty periods are
       encoded (once per flush, however many events a hot key had) and written to memcached as idempotent full-IR
       upserts every ``--flush-interval-ms`` (checked per element; 0 = after every element), on a per-key
-      processing-time timer (at most one pending per key) and on event-time timers; periods past retention are
+      processing-time timer (at most one pending per key) and before an eviction; periods past retention are
       cleared by event-time timers.
 
 Checkpoint correctness: PyFlink gives a keyed Python function no hook before the barrier, so the keyed state is
