@@ -15,12 +15,15 @@ seen them. The first counterfactual under which every mismatching feature of the
 online value names the cause:
 
 1. ``stream_lag``: drop the events past the batch boundary that had not arrived (``arrival_ts``) by the request
-   time (or by the request time minus the stream's flush interval).
+   time, or by any processing frontier within :data:`STREAM_LAG_BUDGET_MS` before it (events that reached Kafka
+   a moment before the request but were not yet tiled and flushed: the stream's freshness, not a bug).
 2. ``late_event``: additionally drop events past the boundary that arrived later than the allowed lateness
    (the stream routes them to the late topic; the next batch upload corrects them).
 3. ``window_edge``: the offline value one ms or one hop either side of the request time (an event on a window
    edge or hop the two paths put on different sides).
 4. ``stale_batch``: the logged batch boundary is older than expected (the day's upload was late).
+0. ``sketch_error``: (first) approximate features that differ only within their sketch's error bound, judged
+   against the exact values of the window.
 5. ``unexplained``: none of the above, a semantic bug. ``degraded`` marks parts the fetcher could not serve.
 """
 
@@ -59,11 +62,14 @@ LOG_COLUMNS: dict[str, str] = {
 
 # ---- causes -------------------------------------------------------------------------------------------------
 LAG = "stream_lag"
+#: How far behind the stream may be and still count as lag (its p99 freshness with headroom).
+STREAM_LAG_BUDGET_MS = 2_000
 LATE = "late_event"
 EDGE = "window_edge"
 STALE = "stale_batch"
 DEGRADED = "degraded"
 UNEXPLAINED = "unexplained"
+SKETCH = "sketch_error"
 CAUSES = (LAG, LATE, EDGE, STALE, DEGRADED, UNEXPLAINED)
 
 # ---- outcomes of one comparison ------------------------------------------------------------------------------
@@ -172,9 +178,44 @@ def _agrees(
     for f in features:
         op = index.ops[gb.feature(f).agg_index]
         o, w = online.get(f), normalize(values[f])
-        if compare(o, w, op) not in (MATCH, BOTH_NULL):
-            return False
+        if compare(o, w, op) in (MATCH, BOTH_NULL):
+            continue
+        if not op.is_exact and o is not None and w is not None:
+            # Two sketches of the same events may differ (KLL compaction is randomized): judge both against
+            # the exact values of the window, within the sketch's published error.
+            try:
+                if op.agrees(o, w, _window_values(index, gb, f, ctx.key, t)):
+                    continue
+            except Exception:
+                pass
+        return False
     return True
+
+
+def _window_values(
+    index: GroupByIndex, gb: GroupByPlan, feature: str, key: Sequence[Any], t: int
+) -> list[Any]:
+    """The non-null values of ``feature``'s column in its window at ``t`` for entity ``key``."""
+    import bisect
+
+    from features.windows import window_interval
+
+    f = gb.feature(feature)
+    agg = gb.aggregations[f.agg_index]
+    w = agg.windows[f.window_index]
+    events = index.by_key.get(tuple(key))
+    if events is None:
+        return []
+    start, end = window_interval(t, w.length_ms, w.hop_ms, w.offset_ms)
+    lo, hi = bisect.bisect_left(events.ts, start), bisect.bisect_left(events.ts, end)
+    return [r[agg.column] for r in events.rows[lo:hi] if r.get(agg.column) is not None]
+
+
+def _op_of(gb: GroupByPlan, feature: str) -> AggOp:
+    from features.reference import agg_op
+
+    agg = gb.aggregations[gb.feature(feature).agg_index]
+    return agg_op(agg, gb.row_logic.output_schema.get(agg.bucket or "", "string"))
 
 
 def classify_part(
@@ -200,7 +241,20 @@ def classify_part(
     def streamed(r: Mapping[str, Any]) -> bool:
         return int(r[time_col]) >= boundary
 
-    for cutoff in (t, t - flush):
+    if any(not _op_of(gb, f).is_exact for f in mismatching) and _agrees(
+        gb, rows, ctx, t, online, mismatching
+    ):
+        return SKETCH
+    # The stream's processing frontier may be anywhere within the lag budget: try each arrival time there.
+    recent = sorted(
+        {
+            a
+            for r in rows
+            if streamed(r) and t - STREAM_LAG_BUDGET_MS <= (a := _arrival(r, time_col, arrival_col)) < t
+        },
+        reverse=True,
+    )[:64]
+    for cutoff in (t, t - flush, *recent, t - STREAM_LAG_BUDGET_MS):
         seen = [r for r in rows if not streamed(r) or _arrival(r, time_col, arrival_col) < cutoff]
         if len(seen) < len(rows) and _agrees(gb, seen, ctx, t, online, mismatching):
             return LAG
@@ -231,6 +285,6 @@ def classify_part(
 
 def worst(causes: Iterable[str]) -> str | None:
     """The most serious of some causes (unexplained first), None when there are none."""
-    order = {c: i for i, c in enumerate((UNEXPLAINED, DEGRADED, STALE, LATE, LAG, EDGE))}
+    order = {c: i for i, c in enumerate((UNEXPLAINED, DEGRADED, STALE, LATE, LAG, EDGE, SKETCH))}
     found = sorted(set(causes), key=lambda c: order.get(c, -1))
     return found[0] if found else None

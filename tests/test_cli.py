@@ -77,5 +77,8 @@ def test_demo_runs_end_to_end_on_small_data(tmp_path: Path) -> None:
     assert sum(summary["decisions"].values()) >= 12  # the live traffic plus a held-out attack
     assert (tmp_path / "demo" / "training_set.parquet").exists()
     assert (tmp_path / "demo" / "model" / "model.json").exists()
+    consistency = summary["consistency"]
+    assert consistency["rows"] >= 12 and Path(consistency["report"]).exists()
+    assert consistency["causes"].get("unexplained", 0) == 0, consistency["causes"]
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True).stdout
     assert not leftovers.strip(), f"processes left running: {leftovers}"
