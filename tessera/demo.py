@@ -39,7 +39,7 @@ from features.plan import Plan
 from features.synthetic import Dataset, generate
 from features.windows import DAY_MS, MINUTE_MS, align
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep a row per line
 ROOT = Path(__file__).resolve().parent.parent
 FLINK_PYTHON = ROOT / ".venv-flink" / "bin" / "python"
 
