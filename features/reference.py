@@ -37,6 +37,23 @@ def agg_op(agg: AggregationPlan, bucket_type: str = "string") -> AggOp:
     return Bucketed(op, bucket_type=bucket_type) if agg.bucket else op
 
 
+def project_by_key(gb: GroupByPlan, events: Iterable[Row]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """The GroupBy's row logic applied to raw ``events``, grouped by entity key, in input order. Rows the where
+    filters out and rows with a null key or time are dropped, as every engine drops them."""
+    fn = row_function(gb)
+    time_col = gb.source.time_column
+    grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for raw in events:
+        row = fn(raw)
+        if row is None or row.get(time_col) is None:
+            continue
+        key = tuple(row.get(k) for k in gb.keys)
+        if any(k is None for k in key):
+            continue
+        grouped[key].append(row)
+    return grouped
+
+
 @dataclass
 class _KeyEvents:
     ts: list[int]
@@ -48,18 +65,9 @@ class GroupByIndex:
 
     def __init__(self, gb: GroupByPlan, events: Iterable[Row]):
         self.gb = gb
-        fn = row_function(gb)
         time_col = gb.source.time_column
         tie_col = gb.source.tie_break
-        grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-        for raw in events:
-            row = fn(raw)
-            if row is None or row.get(time_col) is None:
-                continue
-            key = tuple(row.get(k) for k in gb.keys)
-            if any(k is None for k in key):
-                continue
-            grouped[key].append(row)
+        grouped = project_by_key(gb, events)
         self.by_key: dict[tuple[Any, ...], _KeyEvents] = {}
         for key, rows in grouped.items():
             rows.sort(key=lambda r: (r[time_col], r.get(tie_col, 0) if tie_col else 0))

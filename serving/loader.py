@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from features.plan import GroupByPlan
-from features.reference import row_function
+from features.reference import project_by_key
 from features.tiles import StateCodec, Tile, batch_state, tile_suffix, tiles_from_rows
 from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity
@@ -24,18 +24,7 @@ Row = dict[str, Any]
 def project(gb: GroupByPlan, raw: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, ...], list[Row]]:
     """The GroupBy's row logic applied to ``raw`` events, grouped by entity key (rows with a null key or time
     dropped, as every engine drops them)."""
-    fn = row_function(gb)
-    time_col = gb.source.time_column
-    out: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
-    for r in raw:
-        p = fn(r)
-        if p is None or p.get(time_col) is None:
-            continue
-        key = tuple(p.get(k) for k in gb.keys)
-        if any(k is None for k in key):
-            continue
-        out[key].append(p)
-    return out
+    return project_by_key(gb, raw)
 
 
 def batch_items(
