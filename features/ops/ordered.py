@@ -53,6 +53,32 @@ class _Single(AggOp):
         vkey = self.vkey
         return bool(vkey(v) < vkey(ov))
 
+    keep_latest: bool
+    """first keeps the earliest event, last the latest."""
+
+    def _replaces(self, ts: int, tie: int, v: Any, cur: list[Any]) -> bool:
+        """Whether event (ts, tie, v) should replace the kept event ``cur``."""
+        if self.keep_latest:
+            return self._lt(cur[0], cur[1], cur[2], ts, tie, v)
+        return self._lt(ts, tie, v, cur[0], cur[1], cur[2])
+
+    def update(self, ir: list[Any] | None, value: Any, ts_ms: int, tie: int) -> list[Any]:
+        v = self.coerce(value)
+        if ir is None:
+            return [ts_ms, tie, v]
+        if self._replaces(ts_ms, tie, v, ir):
+            ir[0], ir[1], ir[2] = ts_ms, tie, v
+        return ir
+
+    def merge(self, a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
+        if b is None:
+            return a
+        if a is None:
+            return list(b)
+        if self._replaces(b[0], b[1], b[2], a):
+            a[0], a[1], a[2] = b[0], b[1], b[2]
+        return a
+
     def finalize(self, ir: list[Any] | None) -> Any:
         return None if ir is None else ir[2]
 
@@ -85,46 +111,14 @@ class First(_Single):
     """Value of the earliest event by ``(ts_ms, tie, value)``. Empty → None."""
 
     name = "first"
-
-    def update(self, ir: list[Any] | None, value: Any, ts_ms: int, tie: int) -> list[Any]:
-        v = self.coerce(value)
-        if ir is None:
-            return [ts_ms, tie, v]
-        if self._lt(ts_ms, tie, v, ir[0], ir[1], ir[2]):
-            ir[0], ir[1], ir[2] = ts_ms, tie, v
-        return ir
-
-    def merge(self, a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
-        if b is None:
-            return a
-        if a is None:
-            return list(b)
-        if self._lt(b[0], b[1], b[2], a[0], a[1], a[2]):
-            a[0], a[1], a[2] = b[0], b[1], b[2]
-        return a
+    keep_latest = False
 
 
 class Last(_Single):
     """Value of the latest event by ``(ts_ms, tie, value)``. Empty → None."""
 
     name = "last"
-
-    def update(self, ir: list[Any] | None, value: Any, ts_ms: int, tie: int) -> list[Any]:
-        v = self.coerce(value)
-        if ir is None:
-            return [ts_ms, tie, v]
-        if self._lt(ir[0], ir[1], ir[2], ts_ms, tie, v):
-            ir[0], ir[1], ir[2] = ts_ms, tie, v
-        return ir
-
-    def merge(self, a: list[Any] | None, b: list[Any] | None) -> list[Any] | None:
-        if b is None:
-            return a
-        if a is None:
-            return list(b)
-        if self._lt(a[0], a[1], a[2], b[0], b[1], b[2]):
-            a[0], a[1], a[2] = b[0], b[1], b[2]
-        return a
+    keep_latest = True
 
 
 class _Bounded(AggOp):
