@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -737,9 +736,4 @@ def compile_repo(repo: Repo | str | os.PathLike[str]) -> Plan:
     return plan
 
 
-def feature_names(plan: Plan, join: str) -> list[str]:
-    """The output columns of a Join in order (request columns, part features, derivations)."""
-    return list(plan.join(join).output_schema)
-
-
-__all__ = ["Mapping", "compile_repo", "feature_names", "find_line", "validate_repo"]
+__all__ = ["compile_repo", "find_line", "validate_repo"]
