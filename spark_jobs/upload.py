@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from features.plan import GroupByPlan, Plan
-from features.sql import SPARK_CONF, compile_row_logic
+from features.sql import compile_row_logic
 from features.tiles import StateCodec, batch_state
 from features.windows import DAY_MS
 from kvstore.base import KVStore
@@ -235,7 +235,9 @@ def run_upload(
             f"no offline table path for {missing}; pass them as sources (e.g. --table payments=PATH)"
         )
     if spark is None:
-        spark = _session()
+        from spark_jobs.session import spark_session
+
+        spark = spark_session(app_name="tessera-upload")
     result = UploadResult(date, boundary)
     for gb in selected:
         assert gb.batch is not None
@@ -261,30 +263,6 @@ def run_upload(
         )
         result.uploads.append(GroupByUpload(gb.name, gb.batch.dataset, version, count - 1, seconds, publish))
     return result
-
-
-def _session() -> Any:
-    """A SparkSession with tessera's SQL settings (local mode unless ``$TESSERA_SPARK_MASTER`` says otherwise)."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    master = os.environ.get("TESSERA_SPARK_MASTER") or "local[*]"
-    builder = (
-        SparkSession.builder.appName("tessera-upload").master(master).config("spark.ui.enabled", "false")
-    )
-    if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
-            "spark.driver.host", "127.0.0.1"
-        )
-    for key, value in SPARK_CONF.items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    for key, value in SPARK_CONF.items():
-        session.conf.set(key, value)
-    session.sparkContext.setLogLevel("ERROR")
-    return session
 
 
 def _parse_tables(specs: Sequence[str], data_dir: str | None) -> dict[str, str]:
