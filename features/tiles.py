@@ -29,7 +29,7 @@ from features.encoding import FORMAT_VERSION, EncodingError, Reader, Writer, dec
 from features.ops import AggOp, OpParams, get_op
 from features.ops.bucketed import Bucketed
 from features.plan import GroupByPlan, WindowPlan
-from features.windows import LIFETIME_START_MS, align, cover, window_interval
+from features.windows import DAY_MS, LIFETIME_START_MS, align, cover, window_interval
 
 #: Format byte of period values and batch states (independent of the IR container's own version byte).
 TILES_FORMAT = 1
@@ -361,6 +361,7 @@ def window_pieces(
     assert gb.stream is not None
     sizes = gb.stream.tile_sizes_ms
     smallest = sizes[0]
+    floor = align(t_ms - gb.stream.horizon_ms, DAY_MS)
     out: dict[tuple[int | None, int, int], list[TileKey]] = {}
     for agg in gb.aggregations:
         for w in agg.windows:
@@ -368,7 +369,10 @@ def window_pieces(
             if wk in out:
                 continue
             start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
-            lo = max(start, boundary_ms)
+            # The stream keeps tiles for its horizon only: never cover further back (a query far past a stale
+            # batch boundary would otherwise ask for billions of day tiles). Within the batch's validity this
+            # floor is before the boundary, so it changes nothing.
+            lo = max(start, boundary_ms, floor)
             if lo >= end:
                 out[wk] = []
                 continue

@@ -157,3 +157,11 @@ def test_stale_and_inexact_are_flagged() -> None:
     assert got.inexact_head
     late = merge_features(codec, 12 * DAY_MS, state, tiles)
     assert late.stale_batch
+
+
+def test_a_query_far_past_the_boundary_stays_bounded() -> None:
+    """A query time far past a stale batch boundary (e.g. a bad `at_ms`) must not ask for unbounded tiles."""
+    plan = compile_repo(ROOT / "features" / "fraud")
+    for gb in plan.group_bys:
+        values, pieces = stream_reads(gb, 2**62, 100 * DAY_MS)
+        assert len(values) <= 40 and all(len(p) <= 200 for p in pieces.values())
