@@ -107,10 +107,13 @@ def test_decide_gives_an_action_with_reasons(world: dict[str, Any], client: Test
     assert "features" in body and body["features"]["join"] == "fraud_v1"
 
 
-def test_unknown_join_and_bad_input(client: TestClient) -> None:
+def test_unknown_join_and_bad_input(world: dict[str, Any], client: TestClient) -> None:
     assert client.post("/v1/features/nope", json={}).status_code == 404
     assert client.post("/v1/features/fraud_v1", json={"amount": "lots"}).status_code == 422
     assert client.post("/v1/features/fraud_v1", json={}, params={"at_ms": -1}).status_code == 422
+    # A query time far in the future: answered (flagged stale), in bounded time and memory.
+    far = client.post("/v1/features/fraud_v1", json=world["requests"][0], params={"at_ms": 2**62})
+    assert far.status_code == 200 and far.json()["stale"]
     # A request without keys: empty-window values, not an error.
     resp = client.post("/v1/features/fraud_v1", json={})
     assert resp.status_code == 200 and resp.json()["values"]["card_amount_usd_count_1h"] == 0
