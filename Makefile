@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve kv-up kv-down test-deploy
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve kv-up kv-down test-deploy test-cluster
 BROKER_PORT ?= 9092
 
 help: ## List the targets
@@ -41,6 +41,9 @@ test-stream: setup streaming ## Streaming tests only (real broker + Flink mini-c
 
 test-deploy: setup streaming ## Static checks of docker/ (and local runs of the cluster CLIs)
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+test-cluster: setup ## Spark jobs via spark-submit on a real standalone Master + Worker on loopback (vs local mode)
+	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 
 test-slow: setup streaming ## Run the slow suites too (large data, long streams, the report in Chromium)
 	@bash scripts/install-system.sh --browser

@@ -15,6 +15,11 @@ from typing import Any
 from features.sql import SPARK_CONF
 
 
+def submitted() -> bool:
+    """True in a driver started by ``spark-submit`` (its JVM is already up and gave us its gateway)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def spark_session(
     master: str | None = None,
     app_name: str = "tessera",
@@ -24,7 +29,8 @@ def spark_session(
 ) -> Any:
     """Get or create a SparkSession with tessera's SQL settings.
 
-    ``master`` None: ``$TESSERA_SPARK_MASTER`` or ``local[*]``. ``conf`` adds or overrides settings
+    ``master`` None: the master ``spark-submit --master`` gave (when this process is a ``spark-submit``
+    driver), else ``$TESSERA_SPARK_MASTER``, else ``local[*]``. ``conf`` adds or overrides settings
     (SPARK_CONF always wins: the row logic is only correct under it).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -32,13 +38,16 @@ def spark_session(
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    master = master or os.environ.get("TESSERA_SPARK_MASTER") or "local[*]"
-    if master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
-            "spark.driver.host", "127.0.0.1"
-        )
-    builder = builder.master(master)
+    if master is None and submitted():
+        pass  # spark-submit's JVM already holds spark.master (and the driver's address): keep them
+    else:
+        master = master or os.environ.get("TESSERA_SPARK_MASTER") or "local[*]"
+        if master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
+                "spark.driver.host", "127.0.0.1"
+            )
+        builder = builder.master(master)
     builder = builder.config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
     if shuffle_partitions is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
