@@ -59,3 +59,34 @@ def test_dag_command_writes_a_dag_for_every_online_join(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     ops = _operators(ast.parse(out.read_text()))
     assert "consistency_fraud_v1" in ops and "upload" in ops
+
+
+def test_dag_with_a_cluster_master_runs_every_step_through_spark_submit(tmp_path: Path) -> None:
+    out = tmp_path / "dag.py"
+    res = CliRunner().invoke(
+        app,
+        [
+            "dag",
+            "--out",
+            str(out),
+            "--repo",
+            "features/fraud",
+            "--spark-master",
+            "spark://spark-master:7077",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    source = out.read_text()
+    compile(source, "dag.py", "exec")
+    ops = _operators(ast.parse(source))
+    assert set(ops) == {"upload", "consistency_fraud_v1"}
+    submit = "--repo features/fraud --spark-master spark://spark-master:7077"
+    assert ops["upload"]["bash_command"] == f"tessera nightly --date {{{{ ds }}}} --no-check {submit}"
+    assert (
+        ops["consistency_fraud_v1"]["bash_command"]
+        == f"tessera consistency --join fraud_v1 --date {{{{ ds }}}} {submit}"
+    )
+    for command in ops.values():  # the commands the DAG runs are the CLI's
+        argv = command["bash_command"].replace("{{ ds }}", "2024-03-02").split()
+        res = CliRunner().invoke(app, [*argv[1:], "--help"])
+        assert res.exit_code == 0 and "--spark-master" in res.output, res.output
