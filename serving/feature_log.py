@@ -12,7 +12,12 @@ calls :meth:`FeatureLogger.log`, which
 A background thread batches rows (``batch_rows`` or every ``flush_interval_s``), encodes them to the fixed
 :data:`features.consistency.LOG_COLUMNS` schema (values, request, keys and batch versions as JSON text, so one
 schema fits every Join) and hands each batch to the sink: a directory gets hive-partitioned parquet by request
-time, ``date=YYYY-MM-DD/hour=HH/part-<uuid>.parquet``; a callable gets the encoded rows (e.g. a Kafka producer).
+time, ``date=YYYY-MM-DD/hour=HH/part-<uuid>.parquet``; ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``
+(:class:`KafkaSink`) sends one JSON record per row, keyed by its log id; a callable gets the encoded rows.
+
+A Kafka topic is landed into the same partitioned parquet by :func:`land_topic` (a consumer group that commits
+after each write), which is what the consistency job reads; a row landed twice (a crash between the write and
+the commit) is dropped by the reader on its log id.
 """
 
 from __future__ import annotations
@@ -86,10 +91,163 @@ class ParquetSink:
             self.files += 1
 
 
+KAFKA_SCHEME = "kafka://"
+
+
+def parse_kafka_url(url: str) -> tuple[str, str]:
+    """``kafka://HOST:PORT[,HOST:PORT...]/TOPIC`` -> (bootstrap servers, topic)."""
+    rest = url.removeprefix(KAFKA_SCHEME)
+    bootstrap, _, topic = rest.partition("/")
+    if not url.startswith(KAFKA_SCHEME) or not bootstrap or not topic or "/" in topic:
+        raise ValueError(
+            f"feature log {url!r}: write kafka://host:port/topic (e.g. kafka://127.0.0.1:9092/feature_log)"
+        )
+    return bootstrap, topic
+
+
+class KafkaSink:
+    """Sends each row to ``topic`` as one JSON record (UTF-8), key = the row's log id, record time = the request
+    time. The producer is made on the first batch (in the logger's writer thread, never on the request path); a
+    batch is done when the broker acknowledged every record, else it raises (the logger counts it as a write
+    error and drops the batch; records already delivered stay, the reader drops duplicates by log id)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        send_timeout_s: float = 10.0,
+        producer_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.send_timeout_s = send_timeout_s
+        self.producer_config = dict(producer_config or {})
+        self._producer: Any = None
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> KafkaSink:
+        bootstrap, topic = parse_kafka_url(url)
+        return cls(bootstrap, topic, **kwargs)
+
+    def _connect(self) -> Any:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            config = {"acks": "all", "linger_ms": 5, "request_timeout_ms": int(self.send_timeout_s * 1000)}
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap.split(","), **{**config, **self.producer_config}
+            )
+        return self._producer
+
+    def __call__(self, rows: list[Row]) -> None:
+        producer = self._connect()
+        futures = [
+            producer.send(
+                self.topic,
+                key=str(r[LOG_ID]).encode(),
+                value=_json(r).encode(),
+                timestamp_ms=int(r["at_ms"]),
+            )
+            for r in rows
+        ]
+        producer.flush(timeout=self.send_timeout_s)
+        for f in futures:
+            f.get(timeout=self.send_timeout_s)  # raises the send's error, if any
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=self.send_timeout_s)
+            self._producer = None
+
+
+def open_sink(spec: str | Path) -> Sink:
+    """The sink a setting names: ``kafka://host:port/topic`` or a directory (partitioned parquet)."""
+    if str(spec).startswith(KAFKA_SCHEME):
+        return KafkaSink.from_url(str(spec))
+    return ParquetSink(spec)
+
+
+def land_topic(
+    url: str,
+    root: str | Path,
+    *,
+    group_id: str | None = None,
+    idle_s: float = 3.0,
+    max_s: float = 600.0,
+    consumer_config: Mapping[str, Any] | None = None,
+) -> dict[str, int]:
+    """Copy the feature-log records of ``kafka://host:port/topic`` not yet landed by ``group_id`` into the
+    partitioned parquet under ``root`` (:class:`ParquetSink`), committing after each write. ``group_id``
+    defaults to one per landing directory (its committed offsets say what that directory holds). Stops when no record
+    came for ``idle_s`` (or after ``max_s``). Records that are not JSON objects with exactly the log's columns
+    are skipped and counted. Returns ``{"landed": n, "skipped": n, "files": n}``."""
+    from kafka import KafkaConsumer
+
+    bootstrap, topic = parse_kafka_url(url)
+    sink = ParquetSink(root)
+    if group_id is None:
+        where = hashlib.blake2b(str(Path(root).resolve()).encode(), digest_size=6).hexdigest()
+        group_id = f"tessera-feature-log-lander-{where}"
+    config: dict[str, Any] = {
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+    }
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap.split(","), **{**config, **(consumer_config or {})}
+    )
+    counts = {"landed": 0, "skipped": 0, "files": 0}
+    started = time.monotonic()
+    last = None  # idle time counts from the first assignment: joining the group takes a few seconds
+    try:
+        while time.monotonic() - started < max_s:
+            batches = consumer.poll(timeout_ms=500, max_records=5_000)
+            if consumer.assignment() and last is None:
+                last = time.monotonic()
+            rows: list[Row] = []
+            for records in batches.values():
+                for rec in records:
+                    row = _log_row(rec.value)
+                    if row is None:
+                        counts["skipped"] += 1
+                    else:
+                        rows.append(row)
+            if rows:
+                files = sink.files
+                sink(rows)
+                counts["landed"] += len(rows)
+                counts["files"] += sink.files - files
+            if batches:
+                consumer.commit()
+                last = time.monotonic()
+            elif last is not None and time.monotonic() - last >= idle_s:
+                break
+    finally:
+        consumer.close()
+    log.info("feature log %s: %s", url, counts)
+    return counts
+
+
+def _log_row(value: bytes | None) -> Row | None:
+    """A record's value as a log row, or None when it is not one (never trusted beyond JSON)."""
+    if not value:
+        return None
+    try:
+        row = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(row, dict) or set(row) != set(LOG_COLUMNS):
+        return None
+    return row
+
+
 class FeatureLogger:
     """Log a deterministic key sample of served vectors, asynchronously (see the module docstring).
 
-    ``sink``: a directory (parquet) or a callable taking a list of encoded rows. ``sample_rate``: the share
+    ``sink``: a directory (parquet), ``kafka://host:port/topic`` (:class:`KafkaSink`) or a callable taking a
+    list of encoded rows. ``sample_rate``: the share
     of keys logged (0..1). ``sample_key``: the request column hashed for sampling (default: the first part's
     entity key). ``salt``: changes which keys are sampled.
     """
@@ -108,7 +266,7 @@ class FeatureLogger:
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate} must be within [0, 1]")
-        self.sink: Sink = sink if callable(sink) else ParquetSink(sink)
+        self.sink: Sink = sink if callable(sink) else open_sink(sink)
         self.sample_rate = sample_rate
         self.sample_key = sample_key
         self.salt = salt
@@ -276,6 +434,12 @@ class FeatureLogger:
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout_s)
         self._thread.join(timeout_s)
+        close = getattr(self.sink, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as e:
+                log.warning("feature log: closing the sink failed: %s: %s", type(e).__name__, e)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

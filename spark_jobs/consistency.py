@@ -72,16 +72,24 @@ class Thresholds:
 
 
 def read_log(root: str | Path, date: str, join: str | None = None) -> pa.Table:
-    """The logged rows of one UTC day (``YYYY-MM-DD``), optionally of one Join."""
+    """The logged rows of one UTC day (``YYYY-MM-DD``), optionally of one Join, each log id once."""
     schema = pa.schema([(n, arrow_type(t)) for n, t in LOG_COLUMNS.items()])
     files = sorted((Path(root) / f"date={date}").glob("hour=*/part-*.parquet"))
     if not files:
         return schema.empty_table()
+    import pyarrow.compute as pc
+
     table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
     if join is not None:
-        import pyarrow.compute as pc
-
         table = table.filter(pc.equal(table["join"], join))
+    ids = table[LOG_ID].to_pylist()
+    if len(set(ids)) < len(ids):  # a row landed twice from a topic (at-least-once): keep its first copy
+        seen: set[str] = set()
+        keep = []
+        for i in ids:
+            keep.append(i not in seen)
+            seen.add(i)
+        table = table.filter(pa.array(keep, pa.bool_()))
     return table
 
 

@@ -15,7 +15,10 @@ Every variable has a default that works on one machine (loopback services, embed
 | ``TESSERA_API_HOST`` / ``TESSERA_API_PORT`` | ``127.0.0.1`` / ``8000`` | where the HTTP API listens |
 | ``TESSERA_API_TOKEN`` | unset | when set, the API requires ``Authorization: Bearer <token>`` |
 | ``TESSERA_MODEL_DIR`` | ``<data dir>/model`` | the fraud model (xgboost JSON + feature order + thresholds) |
-| ``TESSERA_SPARK_MASTER`` | ``local[2]`` | Spark master URL |
+| ``TESSERA_SPARK_MASTER`` | ``local[2]`` | Spark master URL; a cluster's (``spark://…``) makes ``nightly`` and
+``consistency`` use ``spark-submit`` |
+| ``TESSERA_FEATURE_LOG`` | ``<data dir>/feature_log`` | where served vectors are logged: a directory (partitioned
+parquet) or ``kafka://host:port/topic`` (landed into ``<data dir>/feature_log`` before a consistency check) |
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Settings:
     api_token: str | None
     model_dir: Path
     spark_master: str
+    feature_log: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +64,7 @@ class Settings:
             api_token=e.get("TESSERA_API_TOKEN") or None,
             model_dir=Path(e.get("TESSERA_MODEL_DIR", str(data / "model"))),
             spark_master=e.get("TESSERA_SPARK_MASTER", "local[2]"),
+            feature_log=e.get("TESSERA_FEATURE_LOG", str(data / "feature_log")),
         )
 
 
@@ -77,4 +82,5 @@ ENV_VARS = (
     "TESSERA_API_TOKEN",
     "TESSERA_MODEL_DIR",
     "TESSERA_SPARK_MASTER",
+    "TESSERA_FEATURE_LOG",
 )
