@@ -1,4 +1,4 @@
-"""The ``spark-submit`` entry of tessera's Spark jobs: the same ``run_*`` functions, on whatever master is given.
+"""The ``spark-submit`` entry of tessera's Spark jobs: the local commands' functions, on whatever master is given.
 
 ::
 
@@ -15,7 +15,7 @@
 before anything runs: executors resolve them in their own working directories. The bulk store is written by
 the driver only (rows reach it with ``toLocalIterator``); offline tables, the backfill's output and the
 consistency job's inputs must be on storage every node reads. Exit codes: 0 done, 1 a consistency threshold
-exceeded, 2 bad arguments.
+exceeded, 2 bad arguments or inputs, 3 the job failed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, KeyError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except Exception:  # a failed job must not look like "threshold exceeded" (1) to a scheduler
+            traceback.print_exc()
+            return 3
     finally:
         spark.stop()
 
