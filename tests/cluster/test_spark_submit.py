@@ -134,7 +134,9 @@ def _write_log(world: dict[str, Any], offline: pa.Table, root: Path) -> str:
     bad_col = next(c for c in join.output_schema if "count" in c and c not in join.left.schema)
     with FeatureLogger(root, sample_rate=1.0) as logger:
         for i, r in enumerate(offline.to_pylist()):
-            values = {c: (dict(r[c]) if c in maps and r[c] is not None else r[c]) for c in join.output_schema}
+            values: dict[str, Any] = {
+                c: (dict(r[c]) if c in maps and r[c] is not None else r[c]) for c in join.output_schema
+            }
             if i == 0:
                 values[bad_col] = (values[bad_col] or 0) + 1
             keys = {p.group_by: [r[p.key_map[k]] for k in plan.group_by(p.group_by).keys] for p in join.parts}
@@ -151,8 +153,29 @@ def _write_log(world: dict[str, Any], offline: pa.Table, root: Path) -> str:
     return bad_col
 
 
+@pytest.fixture(scope="module")
+def local(world: dict[str, Any], spark: Any) -> dict[str, Any]:
+    """The local-mode results (this process, ``local[2]``) and the feature log both modes check."""
+    plan: Plan = world["plan"]
+    training = training_set(plan, JOIN, str(world["left"]), world["sources"], spark=spark)
+    assert training is not None and training.num_rows == 30
+    log_root = world["tmp"] / "feature_log"
+    bad_col = _write_log(world, training, log_root)
+    summary = run_consistency(plan, JOIN, world["log_date"], log_root, world["sources"], spark=spark)
+    return {
+        "training": training,
+        "log_root": log_root,
+        "bad_col": bad_col,
+        "summary": _stable(json.loads(json.dumps(summary, default=str))),
+    }
+
+
+def _stable(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k not in ("seconds", "generated_at")}
+
+
 def test_upload_backfill_consistency_on_a_standalone_cluster_equal_local_mode(
-    spark_cluster: StandaloneCluster, world: dict[str, Any], spark: Any
+    spark_cluster: StandaloneCluster, world: dict[str, Any], local: dict[str, Any], spark: Any
 ) -> None:
     plan: Plan = world["plan"]
     tmp: Path = world["tmp"]
@@ -162,11 +185,11 @@ def test_upload_backfill_consistency_on_a_standalone_cluster_equal_local_mode(
         spark_cluster, world, "upload", "--date", world["upload_date"], "--store", str(tmp / "bulk-c")
     )
     with EmbeddedBulkStore(tmp / "bulk-l") as local_store:
-        local = run_upload(plan, world["upload_date"], world["sources"], local_store, spark=spark)
+        uploaded = run_upload(plan, world["upload_date"], world["sources"], local_store, spark=spark)
     assert [(u["group_by"], u["keys"]) for u in up["uploads"]] == [
-        (u.group_by, u.keys) for u in local.uploads
+        (u.group_by, u.keys) for u in uploaded.uploads
     ]
-    assert sum(u.keys for u in local.uploads) > 50
+    assert sum(u.keys for u in uploaded.uploads) > 50
     keys = _entity_keys(plan, world["ds"])
     with EmbeddedBulkStore(tmp / "bulk-c") as cs, EmbeddedBulkStore(tmp / "bulk-l") as ls:
         for dataset, ks in keys.items():
@@ -190,14 +213,11 @@ def test_upload_backfill_consistency_on_a_standalone_cluster_equal_local_mode(
         str(tmp / "train-c"),
     )
     cluster_set = pq.read_table(tmp / "train-c")
-    local_set = training_set(plan, JOIN, str(world["left"]), world["sources"], spark=spark)
-    assert local_set is not None and local_set.num_rows == 30
+    local_set = local["training"]
     assert cluster_set.column_names == local_set.column_names
     assert _same(cluster_set.to_pylist(), local_set.to_pylist())
 
     # ---- consistency ---------------------------------------------------------------------------------------
-    log_root = tmp / "feature_log"
-    bad_col = _write_log(world, local_set, log_root)
     cons = _submit(
         spark_cluster,
         world,
@@ -207,19 +227,56 @@ def test_upload_backfill_consistency_on_a_standalone_cluster_equal_local_mode(
         "--date",
         world["log_date"],
         "--log-dir",
-        str(log_root),
+        str(local["log_root"]),
         "--out",
         str(tmp / "reports"),
     )
     assert cons["_rc"] == 1 and cons["exceeded"]  # the injected error is unexplained: a scheduler would alert
-    cluster_summary = json.loads(Path(cons["checks"][JOIN]["summary"]).read_text())
-    local_summary = run_consistency(plan, JOIN, world["log_date"], log_root, world["sources"], spark=spark)
-    local_summary = json.loads(json.dumps(local_summary, default=str))
-    for s in (cluster_summary, local_summary):
-        for volatile in ("seconds", "generated_at"):
-            s.pop(volatile)
+    cluster_summary = _stable(json.loads(Path(cons["checks"][JOIN]["summary"]).read_text()))
     assert cluster_summary["rows"] == 30 and cluster_summary["inconsistent"] == 1
     assert cluster_summary["causes"] == {UNEXPLAINED: 1}
-    assert [e["column"] for e in cluster_summary["examples"]] == [bad_col]
-    assert cluster_summary == local_summary
+    assert [e["column"] for e in cluster_summary["examples"]] == [local["bad_col"]]
+    assert cluster_summary == local["summary"]
     assert os.path.getsize(cons["checks"][JOIN]["report"]) > 1000
+
+
+def test_nightly_with_a_cluster_master_submits_upload_and_check(
+    spark_cluster: StandaloneCluster,
+    world: dict[str, Any],
+    local: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``tessera nightly --spark-master spark://…``: the CLI builds the plan JSON and the zip and submits both."""
+    from typer.testing import CliRunner
+
+    from tessera.cli import app
+
+    data = world["tmp"] / "nightly-data"
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(data))
+    monkeypatch.setenv("TESSERA_OFFLINE_DIR", str(world["offline"]))
+    monkeypatch.setenv("TESSERA_BULK_STORE", f"embedded:{data / 'bulk'}")
+    monkeypatch.setenv("TESSERA_FEATURE_LOG", str(local["log_root"]))
+    monkeypatch.delenv("TESSERA_SPARK_MASTER", raising=False)
+    args = [
+        "nightly",
+        "--repo",
+        str(ROOT / "features" / "fraud"),
+        "--date",
+        world["log_date"],
+        "--join",
+        JOIN,
+    ]
+    res = CliRunner().invoke(app, [*args, "--spark-master", spark_cluster.master_url])
+    assert res.exit_code == 1, res.output  # the injected error
+    result = json.loads(res.output[res.output.index("{") :])
+    plan: Plan = world["plan"]
+    online = [g for g in plan.group_bys if g.online and g.batch is not None]
+    assert [u["group_by"] for u in result["uploads"]] == [g.name for g in online]
+    with EmbeddedBulkStore(data / "bulk") as store:
+        assert all(store.current_version(g.batch.dataset) == world["log_date"] for g in online if g.batch)
+    check = result["checks"][JOIN]
+    assert check["rows"] == 30 and check["unexplained"] == 1 and check["exceeded"]
+    assert Path(check["report"]).is_relative_to(data / "reports")
+    summary = _stable(json.loads((Path(check["report"]).parent / "summary.json").read_text()))
+    assert summary == local["summary"]
+    assert (data / "submit" / "tessera.zip").exists()
