@@ -38,9 +38,8 @@ def spark_session(
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    if master is None and submitted():
-        pass  # spark-submit's JVM already holds spark.master (and the driver's address): keep them
-    else:
+    # Under spark-submit (and no explicit master) its JVM already holds spark.master and the driver's address.
+    if master is not None or not submitted():
         master = master or os.environ.get("TESSERA_SPARK_MASTER") or "local[*]"
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
