@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve kv-up kv-down test-deploy
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve bench-feast kv-up kv-down test-deploy
 BROKER_PORT ?= 9092
 
 help: ## List the targets
@@ -77,6 +77,10 @@ bench-stream: setup streaming ## Stream benchmark: throughput and freshness p50/
 bench-serve: setup ## Serving benchmark: HTTP p50/p99/p99.9 + throughput at fixed rates (server in its own process), in-process fetch
 	$(BIN)/python bench/bench_serve.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_fetch.py
+
+bench-feast: setup ## Feast side by side: same fraud_v1 values, in-process and HTTP at the same rates (Feast in .venv-feast)
+	@bash scripts/setup-feast.sh
+	$(BIN)/python bench/bench_feast.py $(BENCH_ARGS)
 
 kv-up: setup ## Start 3 memcached + a PostgreSQL on 127.0.0.1 (PIDs in .data/services)
 	$(BIN)/python -m kvstore.services start memcached --nodes 3 --port 11311
