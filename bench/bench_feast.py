@@ -357,51 +357,128 @@ def start_feast_server(repo: Path, port: int, log: Path) -> subprocess.Popen[byt
     raise RuntimeError(f"feast serve did not answer /health within 120 s:\n{log.read_text()[-3000:]}")
 
 
-async def drive_both(
-    tessera_port: int,
-    tessera_bodies: list[dict[str, Any]],
-    feast_port: int,
-    feast_bodies: list[dict[str, Any]],
-    rates: list[int],
-    args: argparse.Namespace,
-) -> list[tuple[Any, Any]]:
-    """Per rate, tessera's stage then Feast's, each with bench_serve.py's open-loop client."""
+def complete_vector(fetcher: Any, request: dict[str, Any], tries: int = 5) -> dict[str, Any]:
+    """The request's vector, not degraded: on a starved machine a fetch can exceed its budget and null a part,
+    and Feast must be loaded with the real values."""
+    for _ in range(tries):
+        vec = fetcher.fetch(JOIN, request)
+        if not vec.degraded:
+            return dict(vec.values)
+        time.sleep(0.2)
+    raise RuntimeError(f"fetch of {request} still degraded after {tries} tries: {vec.errors}")
+
+
+def serial_http(port: int, pid: int, path: str, bodies: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Closed loop, one request in flight: the server's service time without queueing, and its CPU per answer."""
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+
+        def post(body: dict[str, Any]) -> None:
+            client.post(path, json=body, timeout=10.0).raise_for_status()
+
+        for i in range(20):
+            post(bodies[i % len(bodies)])
+        cpu0 = _tree_cpu_s(pid)
+        row: dict[str, Any] = _timed(post, bodies, n, warmup=0)
+        row["server_cpu_ms"] = 1e3 * (_tree_cpu_s(pid) - cpu0) / n
+        return row
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (a gunicorn master and its worker), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(f[1])
+            cpu[int(d.name)] = (int(f[11]) + int(f[12])) / tick
+    tree = {pid}
+    grew = True
+    while grew:
+        kids = {c for c, pp in parent.items() if pp in tree} - tree
+        tree |= kids
+        grew = bool(kids)
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+def http_stage(
+    port: int,
+    pid: int,
+    path: str,
+    bodies: list[dict[str, Any]],
+    rate: int,
+    seconds: float,
+    max_requests: int,
+    args: Any,
+) -> dict[str, Any]:
+    """One open-loop stage with bench_serve.py's load client, plus the server's CPU per answered request.
+
+    bench_serve.py's client is reused, not copied: its ``stage`` (raw asyncio HTTP client, schedule on the wall
+    clock) where it has one, else its ``run_stage`` over an ``httpx.AsyncClient``."""
     import asyncio
 
     import httpx
 
-    from bench.bench_serve import run_stage
+    from bench import bench_serve as serve
 
-    limits = httpx.Limits(max_connections=args.max_inflight, max_keepalive_connections=args.max_inflight)
-    common = (args.seconds, args.max_requests, args.timeout_s, args.max_inflight)
-    async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{tessera_port}", limits=limits) as tc,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{feast_port}", limits=limits) as fc,
-    ):
-        t_path, f_path = f"/v1/features/{JOIN}", "/get-online-features"
-        # warm-up, as bench_serve.py's drive()
-        await run_stage(tc, t_path, tessera_bodies, 50, 2.0, 100, args.timeout_s, args.max_inflight)
-        await run_stage(fc, f_path, feast_bodies, 50, 2.0, 100, args.timeout_s, args.max_inflight)
-        pairs = []
-        for rate in rates:
-            stages = []
-            for client, path, bodies in ((tc, t_path, tessera_bodies), (fc, f_path, feast_bodies)):
-                st = await run_stage(client, path, bodies, rate, *common)
-                r = st.row()
-                print(
-                    f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
-                    f"errors {r['errors']}, shed {r['shed']}",
-                    flush=True,
+    cpu0 = _tree_cpu_s(pid)
+    if hasattr(serve, "stage"):
+        raw = [json.dumps(b, separators=(",", ":")).encode() for b in bodies]
+        st = serve.stage(
+            "raw", 1, port, pid, path, raw, rate, seconds, max_requests, args.timeout_s, args.max_inflight
+        )
+        client = "bench_serve.stage, raw asyncio HTTP/1.1 client"
+    else:
+
+        async def go() -> Any:
+            limits = httpx.Limits(
+                max_connections=args.max_inflight, max_keepalive_connections=args.max_inflight
+            )
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as c:
+                return await serve.run_stage(
+                    c, path, bodies, rate, seconds, max_requests, args.timeout_s, args.max_inflight
                 )
-                stages.append(st)
-                await asyncio.sleep(1.0)
-            pairs.append((stages[0], stages[1]))
-        return pairs
+
+        st = asyncio.run(go())
+        client = "bench_serve.run_stage, httpx.AsyncClient"
+    cpu = _tree_cpu_s(pid) - cpu0
+    row = dict(st.row())
+    row["server_cpu_ms"] = 1e3 * cpu / row["ok"] if row["ok"] else float("nan")
+    row["client"] = client
+    return row
+
+
+def drive_both(
+    servers: list[tuple[int, int, str, list[dict[str, Any]]]], rates: list[int], args: argparse.Namespace
+) -> list[list[dict[str, Any]]]:
+    """Per rate, one stage per server (tessera's, then Feast's), so both see the same moment's machine."""
+    for port, pid, path, bodies in servers:  # warm-up, as bench_serve.py's drive()
+        http_stage(port, pid, path, bodies, 50, 2.0, 100, args)
+    rows: list[list[dict[str, Any]]] = []
+    for rate in rates:
+        per_rate = []
+        for port, pid, path, bodies in servers:
+            r = http_stage(port, pid, path, bodies, rate, args.seconds, args.max_requests, args)
+            print(
+                f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                f"errors {r['errors']}, shed {r['shed']}, server CPU {r['server_cpu_ms']:.1f} ms/answer "
+                f"(load {_load_average()})",
+                flush=True,
+            )
+            per_rate.append(r)
+            time.sleep(1.0)
+        rows.append(per_rate)
+    return rows
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    import asyncio
 
     from bench.bench_serve import load_world, start_server
     from features.compile import compile_repo
@@ -421,7 +498,8 @@ def run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-feast-") as tmp_s:
-            tmp = Path(tmp_s)
+            tmp = Path(args.workdir or tmp_s)  # --workdir: keep the Feast repo and logs for a look afterwards
+            tmp.mkdir(parents=True, exist_ok=True)
             bulk_path = tmp / "bulk"
             addrs = [s.address for s in nodes]
             bulk = EmbeddedBulkStore(bulk_path)
@@ -440,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
             fetcher = Fetcher(
                 plan, (bulk, stream), now_ms=lambda: at, cache_size=100_000, tile_cache_size=100_000
             )
-            vectors = [fetcher.fetch(JOIN, r).values for r in requests]
+            vectors = [complete_vector(fetcher, r) for r in requests]
             feature_cols = [c for v in views for c in v.columns]
             data_dir = tmp / "feast" / "data"
             data_dir.mkdir(parents=True)
@@ -459,9 +537,14 @@ def run(args: argparse.Namespace) -> int:
             warm_fetcher = Fetcher(
                 plan, (bulk, stream), now_ms=lambda: at, cache_size=100_000, tile_cache_size=100_000
             )
-            tessera_warm = _timed(lambda r: warm_fetcher.fetch(JOIN, r), [requests[warm_index]], args.n)
+            degraded = {"warm": 0, "cycle": 0}
+
+            def fetch(f: Fetcher, r: dict[str, Any], mode: str) -> None:
+                degraded[mode] += f.fetch(JOIN, r).degraded
+
+            tessera_warm = _timed(lambda r: fetch(warm_fetcher, r, "warm"), [requests[warm_index]], args.n)
             cycle_fetcher = Fetcher(plan, (bulk, stream))
-            tessera_cycle = _timed(lambda r: cycle_fetcher.fetch(JOIN, r), requests, args.fetch_n)
+            tessera_cycle = _timed(lambda r: fetch(cycle_fetcher, r, "cycle"), requests, args.fetch_n)
 
             # Feast in-process (same run, its own venv).
             # Feast rejects a null entity key; a request without (say) a device sends "" (no such row: nulls).
@@ -509,7 +592,15 @@ def run(args: argparse.Namespace) -> int:
                 {"feature_service": JOIN, "entities": {k: [row[k]] for k in keys}} for row in entity_rows
             ]
             load_before = _load_average()
-            pairs = asyncio.run(drive_both(t_port, requests, f_port, feast_bodies, rates, args))
+            serial = (
+                serial_http(t_port, procs[0].pid, f"/v1/features/{JOIN}", requests, args.serial_n),
+                serial_http(f_port, procs[1].pid, "/get-online-features", feast_bodies, args.serial_n),
+            )
+            servers = [
+                (t_port, procs[0].pid, f"/v1/features/{JOIN}", requests),
+                (f_port, procs[1].pid, "/get-online-features", feast_bodies),
+            ]
+            pairs = drive_both(servers, rates, args)
             load_after = _load_average()
     finally:
         for p in procs:
@@ -538,31 +629,36 @@ def run(args: argparse.Namespace) -> int:
         f"tiles per request and returns {len(join.output_schema)} columns (+ request columns and derivations)"
     )
     print()
+    print(f"HTTP load client: {pairs[0][0]['client'] if pairs else '-'}")
+    print()
+    head = "achieved req/s | p50 ms | p99 ms | p99.9 ms | server CPU ms/answer | errors/shed"
     print(
-        "| measure | tessera achieved/s | tessera p50 ms | tessera p99 ms | tessera p99.9 ms | tessera errors/shed "
-        "| Feast achieved/s | Feast p50 ms | Feast p99 ms | Feast p99.9 ms | Feast errors/shed | p99 Feast/tessera |"
+        f"| measure | tessera {head.replace(' | ', ' | tessera ')} | Feast {head.replace(' | ', ' | Feast ')} | p99 Feast/tessera |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- |" + " ---: |" * 13)
 
-    def line(name: str, t: dict[str, Any], f: dict[str, Any], extra_t: str = "", extra_f: str = "") -> None:
+    def cells(r: dict[str, Any], note: str) -> str:
+        achieved = f"{r['achieved']:,.0f}" if "achieved" in r else "–"
+        cpu = f"{r['server_cpu_ms']:.1f}" if "server_cpu_ms" in r else "–"
+        return f"{achieved} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {cpu} | {note or '–'}"
+
+    def line(name: str, t: dict[str, Any], f: dict[str, Any], note_t: str = "", note_f: str = "") -> None:
         ratio = f["p99"] / t["p99"] if t["p99"] else float("nan")
-        ta = f"{t['achieved']:,.0f}" if "achieved" in t else "–"
-        fa = f"{f['achieved']:,.0f}" if "achieved" in f else "–"
-        print(
-            f"| {name} | {ta} | {t['p50']:.2f} | {t['p99']:.2f} | {t['p999']:.2f} | {extra_t or '–'} | "
-            f"{fa} | {f['p50']:.2f} | {f['p99']:.2f} | {f['p999']:.2f} | {extra_f or '–'} | {ratio:.2f} |"
-        )
+        print(f"| {name} | {cells(t, note_t)} | {cells(f, note_f)} | {ratio:.2f} |")
 
-    line(f"in-process, warm (1 entity × {args.n})", tessera_warm, feast["warm"])
-    line(f"in-process, cycle ({len(requests)} entities, {args.fetch_n} reads)", tessera_cycle, feast["cycle"])
-    for ts, fs in pairs:
-        tr, fr = ts.row(), fs.row()
+    line(
+        f"in-process, warm (1 entity × {args.n})", tessera_warm, feast["warm"], f"{degraded['warm']} degraded"
+    )
+    line(
+        f"in-process, cycle ({len(requests)} entities, {args.fetch_n} reads)",
+        tessera_cycle,
+        feast["cycle"],
+        f"{degraded['cycle']} degraded",
+    )
+    line(f"HTTP, one at a time ({args.serial_n} requests)", *serial)
+    for tr, fr in pairs:
         line(
-            f"HTTP @ {tr['rate']:,}/s",
-            tr,
-            fr,
-            f"{tr['errors']}/{tr['shed']}",
-            f"{fr['errors']}/{fr['shed']}",
+            f"HTTP @ {tr['rate']:,}/s", tr, fr, f"{tr['errors']}/{tr['shed']}", f"{fr['errors']}/{fr['shed']}"
         )
     return 1 if feast["mismatch_count"] else 0
 
@@ -580,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--n", type=int, default=3000, help="in-process warm reads (bench_fetch.py's count)")
     parser.add_argument("--fetch-n", type=int, default=500, help="in-process reads over the request cycle")
+    parser.add_argument(
+        "--serial-n", type=int, default=300, help="HTTP requests one at a time, before the rates"
+    )
+    parser.add_argument("--workdir", type=Path, help="keep the Feast repo, data and server logs here")
     args = parser.parse_args(argv)
     if args.feast_side is not None:
         return feast_side(args.feast_side)
