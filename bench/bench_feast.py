@@ -15,8 +15,9 @@ because it pins pyarrow/pandas/numpy differently. Steps:
    ``.venv-feast`` subprocess: ``store.get_online_features(features=service, entity_rows=[keys]).to_dict()``.
    Before timing it checks that Feast returns exactly tessera's values for every request entity.
 4. Over HTTP: ``tessera serve`` (started as bench_serve.py does) and ``feast serve`` (1 worker, access log off,
-   no worker recycling) on 127.0.0.1, driven by bench_serve.py's open-loop client (``run_stage``) at the same
-   rates, interleaved per rate: ``POST /v1/features/fraud_v1`` vs ``POST /get-online-features``.
+   no worker recycling) on 127.0.0.1: first requests one at a time, then bench_serve.py's open-loop load client at
+   the same rates, interleaved per rate: ``POST /v1/features/fraud_v1`` vs ``POST /get-online-features``. Each
+   stage also reports the server process tree's CPU per answer (from /proc).
 
 What differs (also printed): Feast serves values precomputed at ``T`` (a key-value read per view, no windowed
 merge at read time, no freshness from a stream: they age until the next materialize); tessera reads batch state
