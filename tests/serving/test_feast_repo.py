@@ -103,6 +103,8 @@ def test_entities_and_service(bench: ModuleType, plan: Plan, tmp_path: Path) -> 
     ]
     yaml = bench.store_yaml(tmp_path)
     assert "type: sqlite" in yaml and str(tmp_path / "online_store.db") in yaml
+    yaml = bench.store_yaml(tmp_path, redis="127.0.0.1:6390")
+    assert "type: redis" in yaml and "connection_string: 127.0.0.1:6390" in yaml and "sqlite" not in yaml
 
 
 def test_view_tables_hold_one_row_per_present_key(
