@@ -10,6 +10,7 @@ import ast
 import datetime as dt
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,13 +140,17 @@ def test_view_tables_hold_one_row_per_present_key(
 
 
 @pytest.mark.slow
-def test_feast_serves_tessera_values_side_by_side() -> None:
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_feast_serves_tessera_values_side_by_side(store: str) -> None:
     """End to end, small: Feast applies, materializes and returns exactly tessera's values (the bench exits 1 on
     any mismatch), and the side-by-side table is printed with both servers answering."""
     venv = Path(os.environ.get("FEAST_VENV", ROOT / ".venv-feast"))
     if not (venv / "bin" / "feast").exists():
         pytest.skip("no .venv-feast (scripts/setup-feast.sh)")
-    args = ["--rates", "20", "--seconds", "2", "--n", "50", "--fetch-n", "50", "--entities", "20"]
+    if store == "redis" and shutil.which("redis-server") is None:
+        pytest.skip("no redis-server (scripts/setup-feast.sh installs it)")
+    args = ["--online-store", store, "--rates", "20", "--seconds", "2", "--n", "50", "--fetch-n", "50"]
+    args += ["--entities", "20", "--serial-n", "30"]
     args += ["--events-per-day", "1000", "--days", "2"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
