@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve kv-up kv-down test-deploy test-cluster
+.PHONY: help setup system streaming broker-start broker-stop test test-slow test-stream lint fmt demo plan validate clean bench-kv bench-backfill bench-stream bench-serve kv-up kv-down test-deploy test-cluster bench-feast
 BROKER_PORT ?= 9092
 
 help: ## List the targets
@@ -81,6 +81,10 @@ bench-serve: setup ## Serving benchmark: HTTP p50/p99/p99.9 + throughput at fixe
 	$(BIN)/python bench/bench_serve.py $(BENCH_ARGS)
 	$(BIN)/python bench/bench_fetch.py
 
+bench-feast: setup ## Feast side by side: same fraud_v1 values, in-process and HTTP at the same rates (Feast in .venv-feast)
+	@bash scripts/setup-feast.sh
+	$(BIN)/python bench/bench_feast.py $(BENCH_ARGS)
+
 kv-up: setup ## Start 3 memcached + a PostgreSQL on 127.0.0.1 (PIDs in .data/services)
 	$(BIN)/python -m kvstore.services start memcached --nodes 3 --port 11311
 	$(BIN)/python -m kvstore.services start postgres --port 55432
@@ -89,4 +93,4 @@ kv-down: ## Stop what kv-up started
 	$(BIN)/python -m kvstore.services stop
 
 clean: ## Remove the virtualenvs and generated data
-	rm -rf $(VENV) .venv-flink .tools .data build *.egg-info
+	rm -rf $(VENV) .venv-flink .venv-feast .tools .data build *.egg-info
