@@ -71,8 +71,9 @@ END_OF_INPUT_MS = 2**62
 #: Eviction timers are rounded up to this, so one key registers few of them (a period stays in state up to this
 #: much longer than its retention; each timer firing costs a Python callback, the largest per-key cost).
 EVICT_GRANULARITY_MS = 2 * 60 * 60_000
-#: A flush is due ``max(flush interval, FLUSH_COST_SHARE x the last flush's duration)`` after the last one.
-FLUSH_COST_SHARE = 4
+#: A flush is due ``max(flush interval, FLUSH_COST_SHARE x the last flush's duration)`` after the last one
+#: (``--flush-cost-share``; 0 = a fixed interval).
+FLUSH_COST_SHARE = 2.0
 #: A key's state is compacted (period values put, pending rows removed) once it holds this many pending rows,
 #: at its next event after a flush; until then an event costs one small put. Bounds the rows a restore replays.
 COMPACT_ROWS = 16
@@ -97,6 +98,8 @@ class JobSettings:
     starting_offsets: str = "earliest"
     out_of_orderness_ms: int = 0
     flush_interval_ms: int | None = None  # None: the plan's
+    flush_cost_share: float = FLUSH_COST_SHARE
+    fetch_max_wait_ms: int = 10
     bundle_size: int = 1000
     bundle_time_ms: int = 10
     buffer_timeout_ms: int = 5
@@ -340,6 +343,7 @@ def _functions() -> tuple[Any, Any]:
             flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
             # One operator-wide flush interval: the shortest any GroupBy asks for.
             self.flush_ms = max(0, min(flush_ms))
+            self.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
             self.store = MemcachedStore(
                 s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
             )
@@ -483,7 +487,7 @@ def _functions() -> tuple[Any, Any]:
             # 1/FLUSH_COST_SHARE of the time, which lets hot keys coalesce more events into one encode. At low
             # rates a flush takes far less than the interval and this changes nothing.
             cost_ms = (time.perf_counter() - t0) * 1000
-            self.next_flush = now + max(self.flush_ms, int(cost_ms * FLUSH_COST_SHARE))
+            self.next_flush = now + max(self.flush_ms, int(cost_ms * self.flush_cost_share))
 
         def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
             t0 = time.perf_counter()
@@ -660,6 +664,9 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
             .set_client_id_prefix(f"{settings.group_id}-{topic}")
             .set_starting_offsets(starting)
             .set_value_only_deserializer(SimpleStringSchema())
+            # The consumer's default (500 ms) is how long a fetch may wait for new records: it bounds freshness
+            # from below on a quiet topic (the broker may hold the fetch that long).
+            .set_property("fetch.max.wait.ms", str(settings.fetch_max_wait_ms))
         )
         if settings.bounded:
             builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
@@ -682,6 +689,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "memcached": settings.memcached,
         "ttl_s": settings.ttl_s,
         "flush_interval_ms": settings.flush_interval_ms,
+        "flush_cost_share": settings.flush_cost_share,
         "metrics_dir": metrics_dir,
     }
     (
@@ -714,6 +722,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--starting-offsets", choices=["earliest", "latest"], default="earliest")
     p.add_argument("--out-of-orderness-ms", type=int, default=0)
     p.add_argument("--flush-interval-ms", type=int, default=None, help="default: the plan's; 0: at once")
+    p.add_argument(
+        "--flush-cost-share",
+        type=float,
+        default=FLUSH_COST_SHARE,
+        help="under load, space flushes to this many times the last flush's duration (0: fixed interval)",
+    )
+    p.add_argument("--fetch-max-wait-ms", type=int, default=10, help="Kafka consumer fetch.max.wait.ms")
     p.add_argument("--bundle-size", type=int, default=1000)
     p.add_argument("--bundle-time-ms", type=int, default=10)
     p.add_argument("--buffer-timeout-ms", type=int, default=5)
@@ -744,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         starting_offsets=args.starting_offsets,
         out_of_orderness_ms=args.out_of_orderness_ms,
         flush_interval_ms=args.flush_interval_ms,
+        flush_cost_share=args.flush_cost_share,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
         bundle_size=args.bundle_size,
         bundle_time_ms=args.bundle_time_ms,
         buffer_timeout_ms=args.buffer_timeout_ms,
