@@ -81,6 +81,8 @@ def job_args(args: argparse.Namespace) -> list[str]:
     ]
     if args.flush_interval_ms is not None:
         out += ["--flush-interval-ms", str(args.flush_interval_ms)]
+    if args.flush_cost_share is not None:
+        out += ["--flush-cost-share", str(args.flush_cost_share)]
     return out
 
 
@@ -321,7 +323,9 @@ def settings_line(args: argparse.Namespace) -> str:
     return (
         f"GroupBy `{args.group_by}`, parallelism 1, {args.partitions} partitions, execution mode "
         f"`{args.execution_mode}`, bundle size {args.bundle_size}, bundle time {args.bundle_time_ms} ms, buffer "
-        f"timeout {args.buffer_timeout_ms} ms, flush interval {flush}, checkpoints off, 1 memcached node"
+        f"timeout {args.buffer_timeout_ms} ms, flush interval {flush}"
+        + ("" if args.flush_cost_share is None else f", flush cost share {args.flush_cost_share:g}")
+        + ", checkpoints off, 1 memcached node"
     )
 
 
@@ -373,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--throughput-flush-ms", type=int, default=None, help="flush interval of the throughput run"
     )
+    p.add_argument("--flush-cost-share", type=float, default=None, help="the job's (default: its own)")
     p.add_argument("--bundle-size", type=int, default=1000)
     p.add_argument("--bundle-time-ms", type=int, default=10)
     p.add_argument("--buffer-timeout-ms", type=int, default=5)

@@ -21,13 +21,17 @@ from __future__ import annotations
 import bisect
 import functools
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.encoding import FORMAT_VERSION, EncodingError, Reader, Writer, decode_irs, encode_irs
+from features.encoding import FORMAT_VERSION, EncodingError, Reader, Writer, decode_irs, encode_irs, join_irs
 from features.ops import AggOp, OpParams, get_op
 from features.ops.bucketed import Bucketed
+from features.ops.ordered import _Bounded, _Single
+from features.ops.simple import _Extreme
+from features.ops.sketches import ApproxUniqueCount
+from features.ops.topk import _Extremes
 from features.plan import GroupByPlan, WindowPlan
 from features.windows import DAY_MS, LIFETIME_START_MS, align, cover, window_interval
 
@@ -105,6 +109,42 @@ class LazyIRs:
         return (self[i] for i in range(len(self._payloads)))
 
 
+# How :meth:`StateCodec.update_tracked` tells that an update left an op's IR (hence its payload) unchanged.
+_ALWAYS, _SCALAR, _SINGLE, _BOUNDED, _DISTINCT = range(5)
+#: Distinct items remembered per (tile, approx_unique_count) to recognise a repeat (a sketch no-op).
+_SEEN_MAX = 64
+
+
+def _no_item(value: Any) -> Any:
+    return value
+
+
+def _change_kind(op: AggOp) -> int:
+    if isinstance(op, Bucketed):
+        return _ALWAYS
+    if isinstance(op, _Extreme):
+        return _SCALAR  # the IR is the value; update returns the old object when it keeps it
+    if isinstance(op, _Single):
+        return _SINGLE  # [ts, tie, value] replaced in place or kept
+    if isinstance(op, _Bounded | _Extremes):
+        return _BOUNDED  # an ascending list changed only by an insert (and a drop at an end)
+    if isinstance(op, ApproxUniqueCount):
+        return _DISTINCT  # re-adding an item already in the sketch changes nothing
+    return _ALWAYS
+
+
+class TilePayloads:
+    """The encoded payload of each op of one tile, kept while the op's IR does not change (``None``: stale),
+    and, per approx_unique_count op, the items known to be in its sketch. See
+    :meth:`StateCodec.update_tracked` and :meth:`StateCodec.encode_tracked`."""
+
+    __slots__ = ("payloads", "seen")
+
+    def __init__(self, payloads: list[bytes | None]) -> None:
+        self.payloads = payloads
+        self.seen: dict[int, set[Any]] = {}
+
+
 class StateCodec:
     """Folds projected rows into IR lists and (de)serializes tiles, period values and batch states of one
     GroupBy. Pure Python; the Flink job, the Spark jobs and the fetcher all use it."""
@@ -125,10 +165,23 @@ class StateCodec:
                 (f.name, f.agg_index, f.window_index)
             )
         self.period_of = {lv.size_ms: lv.period_ms for lv in gb.stream.levels} if gb.stream else {}
+        # The stream's per-event path, precompiled: (index, column, bucket, bound update, change kind, item).
+        self._steps: list[tuple[int, str, str | None, Callable[..., Any], int, Callable[[Any], Any]]] = [
+            (
+                i,
+                column,
+                bucket,
+                op.update if bucket is None else op.update_bucket,  # type: ignore[attr-defined]
+                _ALWAYS if bucket is not None else _change_kind(op),
+                getattr(op, "_item", _no_item),
+            )
+            for i, (column, bucket, op) in enumerate(self._aggs)
+        ]
+        self._inits = [op.init for op in self.ops]
 
     # ---- IR lists --------------------------------------------------------------------------------------
     def init(self) -> list[Any]:
-        return [op.init() for op in self.ops]
+        return [init() for init in self._inits]
 
     def update(self, irs: list[Any], row: Mapping[str, Any]) -> list[Any]:
         """Add one projected row (the output of the row logic) to every aggregation's IR."""
@@ -145,6 +198,90 @@ class StateCodec:
                 if b is not None:  # null buckets are skipped, like null values (a map key cannot be null)
                     irs[i] = op.update_bucket(irs[i], b, value, ts, tie)  # type: ignore[attr-defined]
         return irs
+
+    def update_tracked(self, irs: list[Any], row: Mapping[str, Any], cache: TilePayloads) -> list[Any]:
+        """:meth:`update`, marking stale (in ``cache``) the payload of every op whose IR may have changed; ops
+        the row left as they were (a max not exceeded, a first not preceded, a distinct item seen before, a
+        null value) keep theirs, so :meth:`encode_tracked` re-encodes only what changed."""
+        ts = row[self.time_col]
+        tie = int(row.get(self.tie_col) or 0) if self.tie_col else 0
+        get = row.get
+        payloads = cache.payloads
+        for i, column, bucket, upd, kind, item in self._steps:
+            value = get(column)
+            if value is None:
+                continue
+            old = irs[i]
+            if bucket is not None:
+                b = get(bucket)
+                if b is None:
+                    continue
+                irs[i] = upd(old, b, value, ts, tie)
+                payloads[i] = None
+            elif kind == _ALWAYS:
+                irs[i] = upd(old, value, ts, tie)
+                payloads[i] = None
+            elif kind == _SCALAR:
+                new = irs[i] = upd(old, value, ts, tie)
+                if new is not old:
+                    payloads[i] = None
+            elif kind == _SINGLE:
+                if old is None:
+                    irs[i] = upd(old, value, ts, tie)
+                    payloads[i] = None
+                else:
+                    t0, t1, v = old
+                    new = irs[i] = upd(old, value, ts, tie)
+                    if new is not old or new[2] is not v or new[0] != t0 or new[1] != t1:
+                        payloads[i] = None
+            elif kind == _BOUNDED:
+                before = old[:]  # at most k items; equal lists encode to equal bytes
+                new = irs[i] = upd(old, value, ts, tie)
+                if new != before:
+                    payloads[i] = None
+            else:  # _DISTINCT
+                key = item(value)
+                seen = cache.seen.get(i)
+                if seen is None and old.is_empty():
+                    # Items are known only for a sketch this cache saw from empty.
+                    seen = cache.seen[i] = set()
+                irs[i] = upd(old, value, ts, tie)
+                if seen is None or key not in seen:
+                    payloads[i] = None
+                    if seen is not None and len(seen) < _SEEN_MAX:
+                        seen.add(key)
+        return irs
+
+    def new_payloads(self) -> TilePayloads:
+        """An empty cache for a new tile (every payload stale)."""
+        return TilePayloads([None] * len(self.ops))
+
+    def copy_payloads(self, cache: TilePayloads) -> TilePayloads:
+        """A copy of ``cache`` for a copy (:meth:`copy`) of its IR list."""
+        out = TilePayloads(list(cache.payloads))
+        out.seen = {i: set(s) for i, s in cache.seen.items()}
+        return out
+
+    def encode_tracked(self, irs: Sequence[Any], cache: TilePayloads) -> bytes:
+        """:meth:`encode` (byte-identical), re-encoding only the ops whose cached payload is stale."""
+        payloads = cache.payloads
+        for i, p in enumerate(payloads):
+            if p is None:
+                payloads[i] = self.ops[i].encode(irs[i])
+        return join_irs(payloads)  # type: ignore[arg-type]
+
+    def decode_tracked(self, data: bytes) -> tuple[list[Any], TilePayloads]:
+        """:meth:`decode`, and the payloads as a cache (all fresh) for :meth:`update_tracked`."""
+        payloads = _split_container(data)
+        if len(payloads) != len(self.ops):
+            return self.decode(data), self.new_payloads()  # decode raises the container's error
+        irs = []
+        for i, (op, payload) in enumerate(zip(self.ops, payloads)):
+            try:
+                irs.append(op.decode(payload))
+            except EncodingError as exc:
+                raise EncodingError(f"IR {i} ({op.name}): {exc}") from exc
+        return irs, TilePayloads(list(payloads))
 
     def merge(self, a: list[Any], b: Sequence[Any]) -> list[Any]:
         """Merge ``b`` into ``a`` (``a`` may be mutated; ``b`` never is)."""

@@ -9,19 +9,22 @@ Built from a compiled plan only. Per source topic of the chosen GroupBys::
     union -> key_by -> TileFunction: decoded tile IRs per key in operator memory (flink_jobs.tiling.KeyTiles);
       an event updates IRs only and appends itself to the key's MapState as a pending row; dirty periods are
       encoded (once per flush, however many events a hot key had) and written to memcached as idempotent full-IR
-      upserts every ``--flush-interval-ms`` (checked per element; 0 = after every element), on a per-key
-      processing-time timer (at most one pending per key) and before an eviction; periods past retention are
-      cleared by event-time timers.
+      upserts by one operator-wide flush every ``--flush-interval-ms`` (checked per element, plus one pending
+      processing-time timer for an idle stream; 0 = after every element; under load the interval stretches to
+      FLUSH_COST_SHARE x the last flush's duration) and before an eviction; periods past retention are cleared
+      by event-time timers (one per key per EVICT_GRANULARITY_MS at most).
 
 Checkpoint correctness: PyFlink gives a keyed Python function no hook before the barrier, so the keyed state is
 kept restorable at *every* element instead. A key's MapState always holds its period values as of the last
-compaction plus every row applied since (``r:<seq>``, in order; a put per event, no IR encode). A key's timer
-(flush interval after its first uncompacted row) flushes and then compacts it: encoded period values put, rows
-removed, both in the key's context, so a barrier between any two elements snapshots a consistent pair, together
-with the timers. On restore a key is rebuilt on first touch (event or restored timer) by decoding its period
-values and replaying its pending rows, which marks them dirty so they are flushed again (idempotent).
-Compaction only follows a flush, so a compacted value has reached memcached before the checkpoint that holds
-it. Memcached may be ahead of the restored checkpoint; the replayed Kafka records recompute the same values.
+compaction plus every row applied since (``r:<seq>``, in order; a put per event, no IR encode). A key is
+compacted (encoded period values put, rows removed, in the key's context) once it has COMPACT_ROWS pending rows,
+all of them flushed (at its next event or timer), and before an eviction; so a barrier between any two elements
+snapshots a consistent pair. A key with rows not yet in memcached keeps a processing-time timer pending (on a
+1 s grid, so at most one per key per second), so every checkpoint holds one for it. On restore a key is rebuilt
+on first touch (event or restored timer) by decoding its period values and replaying its pending rows, which
+marks them dirty so they are flushed again (idempotent). Compaction only follows a flush, so a compacted value
+has reached memcached before the checkpoint that holds it. Memcached may be ahead of the restored checkpoint;
+the replayed Kafka records recompute the same values.
 
 The decisions (lateness, tiles, eviction, bytes) live in :mod:`flink_jobs.tiling`; this module moves bytes.
 
@@ -65,8 +68,18 @@ END_MARKER_FIELD = "__tessera_end__"  # kept in step with flink_jobs.replay (no 
 LONG_MIN = -(2**63)
 #: Watermarks at or beyond this are "end of input": flush, don't evict.
 END_OF_INPUT_MS = 2**62
-#: Eviction timers are rounded up to this, so one key registers few of them.
-EVICT_GRANULARITY_MS = 5 * 60_000
+#: Eviction timers are rounded up to this, so one key registers few of them (a period stays in state up to this
+#: much longer than its retention; each timer firing costs a Python callback, the largest per-key cost).
+EVICT_GRANULARITY_MS = 2 * 60 * 60_000
+#: A flush is due ``max(flush interval, FLUSH_COST_SHARE x the last flush's duration)`` after the last one
+#: (``--flush-cost-share``; 0 = a fixed interval).
+FLUSH_COST_SHARE = 2.0
+#: A key's state is compacted (period values put, pending rows removed) once it holds this many pending rows,
+#: at its next event after a flush; until then an event costs one small put. Bounds the rows a restore replays.
+COMPACT_ROWS = 16
+#: A key with rows not yet in memcached has a processing-time timer pending, on this grid (so one per key per
+#: grid step, however many events): after a restore it rebuilds the key, replaying its rows into a flush.
+KEY_TIMER_GRANULARITY_MS = 1000
 _KEY_SEP = "\x1f"
 
 
@@ -85,6 +98,8 @@ class JobSettings:
     starting_offsets: str = "earliest"
     out_of_orderness_ms: int = 0
     flush_interval_ms: int | None = None  # None: the plan's
+    flush_cost_share: float = FLUSH_COST_SHARE
+    fetch_max_wait_ms: int = 10
     bundle_size: int = 1000
     bundle_time_ms: int = 10
     buffer_timeout_ms: int = 5
@@ -328,6 +343,7 @@ def _functions() -> tuple[Any, Any]:
             flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
             # One operator-wide flush interval: the shortest any GroupBy asks for.
             self.flush_ms = max(0, min(flush_ms))
+            self.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
             self.store = MemcachedStore(
                 s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
             )
@@ -339,7 +355,8 @@ def _functions() -> tuple[Any, Any]:
             self.cache: OrderedDict[str, KeyTiles] = OrderedDict()
             self.cache_max = int(s.get("cache_keys", 50_000))
             self.evict_at: dict[str, int] = {}
-            self.timer_at: dict[str, int] = {}  # the key's pending processing-time (flush/compaction) timer
+            self.flush_timer_at: int | None = None  # the one pending processing-time (flush) timer, any key
+            self.timer_at: dict[str, int] = {}  # the key's pending processing-time timer (see the grid)
             self.dirty_keys: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
             self.next_flush = 0  # processing time (epoch ms) when the next operator-wide flush is due
             self.m = _Metrics(
@@ -394,6 +411,8 @@ def _functions() -> tuple[Any, Any]:
                 self.m.inc("late_at_tiler")  # never expected: the parse operator saw a later watermark
                 return iter(())
             kt = self._tiles_of(gi, key)
+            if kt.seq >= COMPACT_ROWS and not kt.dirty:
+                self._compact(kt)  # every row so far has been flushed: their period values may go to state
             rk, rv, earliest = kt.apply(row)
             self.state.put(
                 rk, rv.decode("latin-1")
@@ -402,8 +421,8 @@ def _functions() -> tuple[Any, Any]:
             if earliest is not None:
                 # One pending eviction timer per key (in memory; after a restore Flink has the old ones).
                 pending = self.evict_at.get(key)
-                if pending is None or earliest < pending:
-                    at = -(-earliest // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
+                at = -(-earliest // EVICT_GRANULARITY_MS) * EVICT_GRANULARITY_MS
+                if pending is None or at < pending:
                     timers.register_event_time_timer(at)
                     self.evict_at[key] = at
             self.m.inc("applied")
@@ -414,14 +433,28 @@ def _functions() -> tuple[Any, Any]:
                 now = timers.current_processing_time()
                 if now >= self.next_flush:
                     self._flush_all(now)
-                if key not in self.timer_at:
-                    # At most one per key per flush interval: it compacts the key's state, after the flush that is
-                    # due by then (the next flush is at most flush_ms away), or that it does itself.
-                    at = now + self.flush_ms
-                    timers.register_processing_time_timer(at)
-                    self.timer_at[key] = at
+                if kt.dirty:
+                    self._ensure_key_timer(key, timers, now)
+                self._ensure_flush_timer(timers, now)
             self.m.maybe_write()
             return iter(())
+
+        def _ensure_key_timer(self, key: str, timers: Any, now: int) -> None:
+            """A key whose rows are not all in memcached keeps a processing-time timer pending (on a coarse grid,
+            so one per key per step): a checkpoint taken meanwhile holds it, and after a restore it rebuilds the
+            key (replaying its rows, hence flushing them) even if the key never sees another event."""
+            if self.timer_at.get(key, -1) < now:
+                at = -(-(now + self.flush_ms + 1) // KEY_TIMER_GRANULARITY_MS) * KEY_TIMER_GRANULARITY_MS
+                timers.register_processing_time_timer(at)
+                self.timer_at[key] = at
+
+        def _ensure_flush_timer(self, timers: Any, now: int) -> None:
+            """One pending flush timer for the whole operator (under whichever key), so an idle stream still
+            flushes within the interval."""
+            if self.dirty_keys and self.flush_timer_at is None and self.flush_ms > 0:
+                at = max(self.next_flush, now + 1)
+                timers.register_processing_time_timer(at)
+                self.flush_timer_at = at
 
         def _compact(self, kt: KeyTiles) -> None:
             """Write the current key's changed period values to state and drop its pending rows."""
@@ -437,6 +470,7 @@ def _functions() -> tuple[Any, Any]:
             self.next_flush = now + self.flush_ms
             if not self.dirty_keys:
                 return
+            t0 = time.perf_counter()
             items: dict[str, dict[bytes, bytes]] = {}
             for key, kt in self.dirty_keys.items():
                 gi, entity = parse_flink_key(key)
@@ -449,6 +483,11 @@ def _functions() -> tuple[Any, Any]:
             for dataset, batch in items.items():
                 if batch:
                     self._put(dataset, batch)
+            # Under load a flush takes longer (more keys changed): space flushes so that they take at most
+            # 1/FLUSH_COST_SHARE of the time, which lets hot keys coalesce more events into one encode. At low
+            # rates a flush takes far less than the interval and this changes nothing.
+            cost_ms = (time.perf_counter() - t0) * 1000
+            self.next_flush = now + max(self.flush_ms, int(cost_ms * self.flush_cost_share))
 
         def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
             t0 = time.perf_counter()
@@ -472,11 +511,19 @@ def _functions() -> tuple[Any, Any]:
             gi, _ = parse_flink_key(key)
             kt = self._tiles_of(gi, key)
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-                if self.timer_at.get(key, timestamp) <= timestamp:
-                    self.timer_at.pop(key, None)
-                if kt.dirty or ctx.timer_service().current_processing_time() >= self.next_flush:
-                    self._flush_all()  # compaction needs the key's values in memcached first
-                self._compact(kt)
+                if self.flush_timer_at is not None and self.flush_timer_at <= timestamp:
+                    self.flush_timer_at = None
+                if self.timer_at.get(key, timestamp + 1) <= timestamp:
+                    del self.timer_at[key]
+                timers = ctx.timer_service()
+                now = timers.current_processing_time()
+                if now >= self.next_flush:
+                    self._flush_all(now)
+                if kt.dirty:
+                    self._ensure_key_timer(key, timers, now)  # flushed by the next operator-wide flush
+                elif kt.seq >= COMPACT_ROWS:
+                    self._compact(kt)
+                self._ensure_flush_timer(timers, now)
             elif timestamp < END_OF_INPUT_MS:
                 self._evict(key, kt, timestamp, ctx)
             else:
@@ -487,7 +534,8 @@ def _functions() -> tuple[Any, Any]:
         def _evict(self, key: str, kt: KeyTiles, watermark: int, ctx: Any) -> None:
             if kt.expiring(watermark):
                 # Flush and compact first: a dropped period is neither flushed nor rebuilt from pending rows.
-                self._flush_all()
+                if kt.dirty:
+                    self._flush_all()
                 self._compact(kt)
             gone = kt.expired(watermark)
             for pk in gone:
@@ -616,6 +664,9 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
             .set_client_id_prefix(f"{settings.group_id}-{topic}")
             .set_starting_offsets(starting)
             .set_value_only_deserializer(SimpleStringSchema())
+            # The consumer's default (500 ms) is how long a fetch may wait for new records: it bounds freshness
+            # from below on a quiet topic (the broker may hold the fetch that long).
+            .set_property("fetch.max.wait.ms", str(settings.fetch_max_wait_ms))
         )
         if settings.bounded:
             builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
@@ -638,6 +689,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "memcached": settings.memcached,
         "ttl_s": settings.ttl_s,
         "flush_interval_ms": settings.flush_interval_ms,
+        "flush_cost_share": settings.flush_cost_share,
         "metrics_dir": metrics_dir,
     }
     (
@@ -670,6 +722,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--starting-offsets", choices=["earliest", "latest"], default="earliest")
     p.add_argument("--out-of-orderness-ms", type=int, default=0)
     p.add_argument("--flush-interval-ms", type=int, default=None, help="default: the plan's; 0: at once")
+    p.add_argument(
+        "--flush-cost-share",
+        type=float,
+        default=FLUSH_COST_SHARE,
+        help="under load, space flushes to this many times the last flush's duration (0: fixed interval)",
+    )
+    p.add_argument("--fetch-max-wait-ms", type=int, default=10, help="Kafka consumer fetch.max.wait.ms")
     p.add_argument("--bundle-size", type=int, default=1000)
     p.add_argument("--bundle-time-ms", type=int, default=10)
     p.add_argument("--buffer-timeout-ms", type=int, default=5)
@@ -700,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         starting_offsets=args.starting_offsets,
         out_of_orderness_ms=args.out_of_orderness_ms,
         flush_interval_ms=args.flush_interval_ms,
+        flush_cost_share=args.flush_cost_share,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
         bundle_size=args.bundle_size,
         bundle_time_ms=args.bundle_time_ms,
         buffer_timeout_ms=args.buffer_timeout_ms,

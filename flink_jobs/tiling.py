@@ -330,13 +330,15 @@ class PeriodEntry:
     what memcached gets (byte-identical to :meth:`StateCodec.encode_period`), and an update re-encodes one tile.
     """
 
-    __slots__ = ("period_start", "size", "tiles")
+    __slots__ = ("encoded", "period_start", "size", "tiles")
 
     def __init__(self, size_ms: int, period_start_ms: int) -> None:
         self.size = size_ms
         self.period_start = period_start_ms
-        # tile start -> [max_ts, decoded IRs or None, encoded IRs]
+        # tile start -> [max_ts, decoded IRs or None, encoded IRs or None (stale), payload cache or None,
+        #                shared: the IR list (and cache) is the same object as the next smaller level's tile's]
         self.tiles: dict[int, list[Any]] = {}
+        self.encoded: bytes | None = None  # the value's bytes while no tile changed since
 
     @classmethod
     def from_value(cls, data: bytes) -> PeriodEntry:
@@ -349,8 +351,9 @@ class PeriodEntry:
         for _ in range(r.uvarint()):
             start = entry.period_start + r.uvarint() * entry.size
             max_ts = start + r.svarint()
-            entry.tiles[start] = [max_ts, None, r.raw()]
+            entry.tiles[start] = [max_ts, None, r.raw(), None, False]
         r.done()
+        entry.encoded = bytes(data)
         return entry
 
     def update(self, codec: StateCodec, row: Mapping[str, Any], *, encode: bool = True) -> None:
@@ -363,17 +366,22 @@ class PeriodEntry:
         start = ts - ts % self.size
         tile = self.tiles.get(start)
         if tile is None:
-            irs = codec.init()
-            tile = self.tiles[start] = [ts, irs, None]
+            tile = self.tiles[start] = [ts, codec.init(), None, codec.new_payloads(), False]
         elif tile[1] is None:
-            tile[1] = codec.decode(tile[2])
-        codec.update(tile[1], row)
+            tile[1], tile[3] = codec.decode_tracked(tile[2])
+        elif tile[4]:
+            raise ValueError("a tile sharing its IRs with another level is updated through KeyTiles only")
+        codec.update_tracked(tile[1], row, tile[3])
         if ts > tile[0]:
             tile[0] = ts
-        tile[2] = codec.encode(tile[1]) if encode else None
+        tile[2] = codec.encode_tracked(tile[1], tile[3]) if encode else None
+        self.encoded = None
 
     def value(self, codec: StateCodec | None = None) -> bytes:
-        """The period value; tiles left stale by ``update(..., encode=False)`` are encoded now (needs ``codec``)."""
+        """The period value; tiles left stale by ``update(..., encode=False)`` are encoded now (needs ``codec``).
+        Cached until the next update: a flush and the compaction after it encode once."""
+        if self.encoded is not None:
+            return self.encoded
         w = Writer()
         w.buf.append(TILES_FORMAT)
         w.uvarint(self.size)
@@ -381,15 +389,16 @@ class PeriodEntry:
         w.uvarint(len(self.tiles))
         for start in sorted(self.tiles):
             tile = self.tiles[start]
-            max_ts, _, enc = tile
+            max_ts, enc = tile[0], tile[2]
             if enc is None:
                 if codec is None:
                     raise ValueError("stale tiles: value() needs the codec")
-                enc = tile[2] = codec.encode(tile[1])
+                enc = tile[2] = codec.encode_tracked(tile[1], tile[3])
             w.uvarint((start - self.period_start) // self.size)
             w.svarint(max_ts - start)
             w.raw(enc)
-        return w.getvalue()
+        self.encoded = w.getvalue()
+        return self.encoded
 
 
 # ---- one key of the Flink operator: decoded IRs in memory, encoded at flush time ---------------------------
@@ -451,19 +460,56 @@ class KeyTiles:
         return kt
 
     def _fold(self, row: Mapping[str, Any]) -> int | None:
+        """Fold a row into its tile of every level (smallest first), encoding nothing.
+
+        Tiles of consecutive levels that hold the same rows share one IR list (and payload cache): a row that
+        opens a new tile at several levels is folded (and later encoded) once for all of them, which is the
+        common case for all but the largest levels. A shared tile that a row reaches without the smaller tile
+        it shares with gets its own copy first.
+        """
         codec = self.codec
         ts = row[codec.time_col]
         earliest: int | None = None
+        prev: list[Any] | None = None  # the previous (smaller) level's tile, after this row
+        prev_old: Any = None  # the IR list that tile held before this row (None: it is new)
         for size in codec.sizes:
             period = codec.period_of[size]
-            ps = align(ts - ts % size, period)
+            start = ts - ts % size
+            ps = align(start, period)
             pk = period_state_key(size, ps)
             entry = self.entries.get(pk)
             if entry is None:
                 entry = self.entries[pk] = PeriodEntry(size, ps)
                 expiry = ps + period + self.retention[size]
                 earliest = expiry if earliest is None else min(earliest, expiry)
-            entry.update(codec, row, encode=False)
+            tile = entry.tiles.get(start)
+            if tile is None:
+                old = None
+                if prev is not None and prev_old is None:  # the smaller tile is new too: same single row
+                    tile = [ts, prev[1], None, prev[3], True]
+                else:
+                    irs = codec.init()
+                    cache = codec.new_payloads()
+                    codec.update_tracked(irs, row, cache)
+                    tile = [ts, irs, None, cache, False]
+                entry.tiles[start] = tile
+            else:
+                if tile[1] is None:
+                    tile[1], tile[3] = codec.decode_tracked(tile[2])
+                    tile[4] = False
+                old = tile[1]
+                if tile[4] and prev is not None and old is prev_old:
+                    # It held the smaller tile's rows before this row and both get it: still equal.
+                    tile[1], tile[3] = prev[1], prev[3]
+                else:
+                    if tile[4]:  # shared with a smaller tile this row does not reach
+                        tile[1], tile[3], tile[4] = codec.copy(old), codec.copy_payloads(tile[3]), False
+                    codec.update_tracked(tile[1], row, tile[3])
+                if ts > tile[0]:
+                    tile[0] = ts
+            tile[2] = None
+            entry.encoded = None
+            prev, prev_old = tile, old
             self.dirty.add(pk)
             self.uncompacted.add(pk)
         return earliest

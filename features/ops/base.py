@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from features.encoding import Reader, ValueReader, ValueWriter, Writer, value_codec
+from features.encoding import Reader, ValueReader, ValueWriter, Writer, value_bytes, value_codec
 
 IR = Any
 """An op's intermediate representation: a plain Python value, list or dict (sketch objects for sketches)."""
@@ -256,6 +256,8 @@ class AggOp(ABC):
         self.write_value: ValueWriter
         self.read_value: ValueReader
         self.write_value, self.read_value = value_codec(self.input_type)
+        #: ``write_value``'s bytes as a plain function (the encoders' fast path; byte-identical).
+        self.value_bytes: Callable[[Any], bytes] = value_bytes(self.input_type)
 
     @property
     def k(self) -> int:

@@ -21,8 +21,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from features.encoding import Reader, Writer
+from features.encoding import Reader, Writer, uvarint_bytes
 from features.ops.base import IR, AggOp, OpError, canonical_input_type, read_all, results_close, typed_key
+
+_TYPED: dict[Any, bytes] = {}
+
+
+def _typed_bytes(v: Any) -> bytes:
+    """:meth:`Writer.typed` bytes of a bucket key (memoised for the usual few distinct str/int keys)."""
+    if type(v) is str or (type(v) is int and -(2**20) < v < 2**20):
+        b = _TYPED.get((type(v), v))
+        if b is None:
+            w = Writer()
+            w.typed(v)
+            b = w.getvalue()
+            if len(_TYPED) < 65536:
+                _TYPED[(type(v), v)] = b
+        return b
+    w = Writer()
+    w.typed(v)
+    return w.getvalue()
 
 
 class Bucketed(AggOp):
@@ -93,13 +111,15 @@ class Bucketed(AggOp):
         return {bucket: fin(ir[bucket]) for bucket in sorted(ir, key=typed_key)}
 
     def encode(self, ir: dict[Any, IR]) -> bytes:
-        w = Writer()
-        w.uvarint(len(ir))
         enc = self.inner.encode
-        for bucket in sorted(ir, key=typed_key):
-            w.typed(bucket)
-            w.raw(enc(ir[bucket]))
-        return w.getvalue()
+        typed = _typed_bytes
+        parts = [uvarint_bytes(len(ir))]
+        for bucket in sorted(ir, key=typed_key) if len(ir) > 1 else ir:
+            payload = enc(ir[bucket])
+            parts.append(typed(bucket))
+            parts.append(uvarint_bytes(len(payload)))
+            parts.append(payload)
+        return b"".join(parts)
 
     def decode(self, data: bytes) -> dict[Any, IR]:
         dec = self.inner.decode

@@ -22,13 +22,16 @@ Empty → None; one value → 0.0. Any NaN/inf input gives NaN.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from features.encoding import Reader, Writer
+from features.encoding import Reader, uvarint_bytes
 from features.ops.base import FLOAT_RTOL, NUMERIC_TYPES, AggOp, finite_scale, read_all, results_close
+
+_TWO_F64 = struct.Struct("<dd")
 
 
 class Variance(AggOp):
@@ -90,11 +93,7 @@ class Variance(AggOp):
     def encode(self, ir: list[Any]) -> bytes:
         if ir[0] == 0:
             return b""
-        w = Writer()
-        w.uvarint(ir[0])
-        w.f64(ir[1])
-        w.f64(ir[2])
-        return w.getvalue()
+        return uvarint_bytes(ir[0]) + _TWO_F64.pack(ir[1], ir[2])
 
     def decode(self, data: bytes) -> list[Any]:
         if not data:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from features.encoding import Reader, Writer
+from features.encoding import Reader, svarint_bytes, uvarint_bytes
 from features.ops.base import AggOp, canonical_input_type, double_key, read_all
 from features.ops.bounded import bounded_insert, bounded_merge
 
@@ -85,11 +85,7 @@ class _Single(AggOp):
     def encode(self, ir: list[Any] | None) -> bytes:
         if ir is None:
             return b""
-        w = Writer()
-        w.svarint(ir[0])
-        w.svarint(ir[1])
-        self.write_value(w, ir[2])
-        return w.getvalue()
+        return svarint_bytes(ir[0]) + svarint_bytes(ir[1]) + self.value_bytes(ir[2])
 
     def decode(self, data: bytes) -> list[Any] | None:
         if not data:
@@ -142,18 +138,15 @@ class _Bounded(AggOp):
 
     def encode(self, ir: list[Entry]) -> bytes:
         # count, then entries ascending: first ts as svarint, later ts as non-negative deltas.
-        w = Writer()
-        w.uvarint(len(ir))
+        parts = [uvarint_bytes(len(ir))]
+        vb = self.value_bytes
         prev = None
         for ts, tie, v in ir:
-            if prev is None:
-                w.svarint(ts)
-            else:
-                w.uvarint(ts - prev)
+            parts.append(svarint_bytes(ts) if prev is None else uvarint_bytes(ts - prev))
             prev = ts
-            w.svarint(tie)
-            self.write_value(w, v)
-        return w.getvalue()
+            parts.append(svarint_bytes(tie))
+            parts.append(vb(v))
+        return b"".join(parts)
 
     def decode(self, data: bytes) -> list[Entry]:
         def read(r: Reader) -> list[Entry]:

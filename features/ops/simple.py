@@ -18,11 +18,12 @@ IRs:
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
 
-from features.encoding import Reader, Writer
+from features.encoding import Reader, svarint_bytes, uvarint_bytes
 from features.ops import exact_sum
 from features.ops.base import (
     INTEGER_TYPES,
@@ -34,6 +35,16 @@ from features.ops.base import (
     canonical_input_type,
     read_all,
 )
+
+_F64S: dict[int, struct.Struct] = {}
+
+
+def _f64s(n: int) -> struct.Struct:
+    """``n`` little-endian doubles (what ``n`` × :meth:`Writer.f64` appends)."""
+    st = _F64S.get(n)
+    if st is None:
+        st = _F64S[n] = struct.Struct(f"<{n}d")
+    return st
 
 
 class Count(AggOp):
@@ -63,9 +74,7 @@ class Count(AggOp):
         return ir
 
     def encode(self, ir: int) -> bytes:
-        w = Writer()
-        w.uvarint(ir)
-        return w.getvalue()
+        return uvarint_bytes(ir)
 
     def decode(self, data: bytes) -> int:
         return int(read_all(data, Reader.uvarint))
@@ -140,21 +149,15 @@ class Sum(AggOp):
     def encode(self, ir: list[Any]) -> bytes:
         # n, then: integer → svarint total; double → uvarint(len(partials) << 1 | has_specials),
         # [3 uvarint special counts], partials as f64.
-        w = Writer()
-        w.uvarint(ir[0])
         if self.integral:
-            w.svarint(ir[1])
+            return uvarint_bytes(ir[0]) + svarint_bytes(ir[1])
+        s = ir[1]
+        n_partials = len(s) - exact_sum.P0
+        if s[0] or s[1] or s[2]:
+            head = uvarint_bytes(n_partials << 1 | 1) + b"".join(uvarint_bytes(int(c)) for c in s[:3])
         else:
-            s = ir[1]
-            specials = s[: exact_sum.P0]
-            has_specials = any(specials)
-            w.uvarint((len(s) - exact_sum.P0) << 1 | int(has_specials))
-            if has_specials:
-                for c in specials:
-                    w.uvarint(c)
-            for p in s[exact_sum.P0 :]:
-                w.f64(p)
-        return w.getvalue()
+            head = uvarint_bytes(n_partials << 1)
+        return uvarint_bytes(ir[0]) + head + _f64s(n_partials).pack(*s[exact_sum.P0 :])
 
     def decode(self, data: bytes) -> list[Any]:
         def read(r: Reader) -> list[Any]:
@@ -210,9 +213,7 @@ class _Extreme(AggOp):
     def encode(self, ir: Any) -> bytes:
         if ir is None:
             return b""
-        w = Writer()
-        self.write_value(w, ir)
-        return w.getvalue()
+        return self.value_bytes(ir)
 
     def decode(self, data: bytes) -> Any:
         if not data:

@@ -33,6 +33,7 @@ change, only its internal order.)
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any
@@ -67,10 +68,14 @@ def canonical_hll_bytes(image: bytes) -> bytes:
         start = 40 + (1 << image[3]) // 2
     else:
         return image
-    body = image[start:]
-    if len(body) % 4 or start > len(image):
+    n, rest = divmod(len(image) - start, 4)
+    if rest or start > len(image):
         return image
-    return image[:start] + b"".join(sorted(body[i : i + 4] for i in range(0, len(body), 4)))
+    if n < 2:
+        return image
+    # Sorting the 4-byte entries as big-endian unsigned ints sorts them as bytes, at C speed.
+    fmt = f">{n}I"
+    return image[:start] + struct.pack(fmt, *sorted(struct.unpack_from(fmt, image, start)))
 
 
 class ApproxUniqueCount(AggOp):

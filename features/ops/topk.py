@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from features.encoding import Reader, Writer
+from features.encoding import Reader, uvarint_bytes
 from features.ops.base import AggOp, canonical_input_type, read_all, value_key
 from features.ops.bounded import bounded_insert, bounded_merge
 
@@ -39,11 +39,8 @@ class _Extremes(AggOp):
         return bounded_merge(a, b, self.k, self.vkey, self.keep_largest)
 
     def encode(self, ir: list[Any]) -> bytes:
-        w = Writer()
-        w.uvarint(len(ir))
-        for v in ir:
-            self.write_value(w, v)
-        return w.getvalue()
+        vb = self.value_bytes
+        return uvarint_bytes(len(ir)) + b"".join([vb(v) for v in ir])
 
     def decode(self, data: bytes) -> list[Any]:
         def read(r: Reader) -> list[Any]:
