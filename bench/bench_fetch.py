@@ -4,7 +4,8 @@ Seeded payments; batch state as of a day boundary written to the bulk store, str
 request's entities (every event from the boundary to the request time) to memcached. Then ``Fetcher.fetch`` is
 timed ``--n`` times at a fixed query time, in three modes:
 
-* ``warm``: the default caches (decoded batch states and final period values in process; fresh tiles read),
+* ``warm``: the default caches (decoded batch states, period values with their finality horizon and the
+  per-entity merge memo in process; fresh tiles read),
 * ``no-cache``: caches disabled (every fetch reads and decodes everything),
 * ``moving``: the clock advances 1 s per fetch (new query times, so fresh tiles and merges differ each time).
 
@@ -73,7 +74,14 @@ def run(n: int, events_per_day: int, days: int) -> list[dict[str, Any]]:
                     return clock["ms"]
 
                 size = 0 if mode == "no-cache" else 100_000
-                fetcher = Fetcher(plan, (bulk, stream), now_ms=now, cache_size=size, tile_cache_size=size)
+                fetcher = Fetcher(
+                    plan,
+                    (bulk, stream),
+                    now_ms=now,
+                    cache_size=size,
+                    tile_cache_size=size,
+                    merge_cache_size=size,
+                )
                 for _ in range(50):
                     fetcher.fetch("fraud_v1", request)
                 degraded = 0
