@@ -741,7 +741,7 @@ class MergeProgram:
         # otherwise it is the body alone, whatever the start.
         bpart = (lay.start, lay.batch_end) if lay.start < lay.batch_end else None
         sig = (bpart, keys)
-        held = slots[i]  # (sig, tiles, finals, prefix_sig, prefix)
+        held = slots[i]  # (sig, tiles, finals, prefix sig, prefix, prefix tiles)
         if held is not None and held[0] == sig and all(map(operator.is_, held[1], tiles)):
             return held[2]
         n_final = 0
@@ -751,11 +751,20 @@ class MergeProgram:
                     break
                 n_final += 1
         psig = (bpart, sig[1][:n_final])
+        head = tiles[:n_final]
         prefix: list[Any]
-        if held is not None and held[3] == psig:
+        # A kept prefix is used only over the very tile objects it was folded from (a final tile re-read with
+        # other bytes, e.g. from a stream job that fell behind, is a new object and rebuilds it).
+        n_held = len(held[5]) if held is not None else 0
+        if held is not None and held[3] == psig and all(map(operator.is_, held[5], head)):
             prefix = held[4]
-        elif held is not None and held[3][0] == bpart and psig[1][: len(held[3][1])] == held[3][1]:
-            grown = tiles[len(held[3][1]) : n_final]  # tiles that became final since: fold them in
+        elif (
+            held is not None
+            and held[3][0] == bpart
+            and psig[1][:n_held] == held[3][1]
+            and all(map(operator.is_, held[5], head))
+        ):
+            grown = head[n_held:]  # tiles that became final since: fold them in
             prefix = []
             for (_, ai, _, op), ir in zip(w.feats, held[4]):
                 ir = op.copy(ir)
@@ -764,7 +773,6 @@ class MergeProgram:
                 prefix.append(ir)
         else:
             prefix = []
-            head = tiles[:n_final]
             for _, ai, wi, op in w.feats:
                 ir = self._batch_fold(op, batch, ai, wi, lay, w.hop_ms)
                 for tile in head:
@@ -780,7 +788,7 @@ class MergeProgram:
                 for tile in fresh:
                     ir = op.merge(ir, tile.irs[ai])
                 finals.append(op.finalize(ir))
-        slots[i] = (sig, tuple(tiles), finals, psig, prefix)
+        slots[i] = (sig, tuple(tiles), finals, psig, prefix, tuple(head))
         return finals
 
 

@@ -164,6 +164,7 @@ class _Period:
     tiles: dict[TileKey, Tile]
     by_start: dict[int, Tile]
     final_until: int
+    read_at: float  # time.monotonic() of the read
 
 
 class _GroupByRuntime:
@@ -208,7 +209,9 @@ class Fetcher:
     ``store``: a :class:`~kvstore.dual.DualStore` or a ``(bulk, stream)`` pair. ``now_ms``: the clock (epoch ms)
     used when a fetch gives no ``at_ms`` and to decide which stream tiles are final. ``cache_size``: decoded batch
     states kept; ``tile_cache_size``: period values kept; ``merge_cache_size``: per-entity merge memos kept (one
-    per GroupBy, entity and batch version; 0 turns the memo off). ``logger``: an optional
+    per GroupBy, entity and batch version; 0 turns the memo off). ``recheck_s``: a kept period value whose
+    needed tiles are all final is still read again after this long (bounds what a stream job that fell behind
+    its allowed lateness can leave stale). ``logger``: an optional
     :class:`~serving.feature_log.FeatureLogger` of served vectors. ``budget_s``: a fetch stops asking stores once it
     has spent this long (the parts not yet read are degraded); the memcached store's own per-call budget bounds
     each call.
@@ -224,6 +227,7 @@ class Fetcher:
         tile_cache_size: int = 100_000,
         merge_cache_size: int = 20_000,
         version_check_s: float = 1.0,
+        recheck_s: float = 60.0,
         budget_s: float = 0.25,
         logger: FeatureLogger | None = None,
     ) -> None:
@@ -235,6 +239,7 @@ class Fetcher:
             self.bulk, self.stream = store
         self.now_ms = now_ms
         self.version_check_s = version_check_s
+        self.recheck_s = recheck_s
         self.budget_s = budget_s
         self.batch_cache: LRU[tuple[str, str, bytes], Any] = LRU(cache_size)
         self.tile_cache: LRU[tuple[str, bytes], _Period] = LRU(tile_cache_size)
@@ -430,6 +435,8 @@ class Fetcher:
         wanted: dict[str, dict[bytes, list[_PartRead]]] = {}
         cache = self.tile_cache
         keep = cache.capacity > 0
+        mono = time.monotonic()
+        recheck_before = mono - self.recheck_s
         for r in reads:
             if r.error is not None or r.entity is None:
                 continue
@@ -440,7 +447,8 @@ class Fetcher:
                 key = rt.stream_layout.key(r.entity, tile_suffix(size, pstart))
                 held = cache.peek((rt.stream_dataset, key)) if keep else None
                 if held is not None:
-                    if need_end <= held.final_until:  # every tile needed from it is final: no read
+                    # Every tile needed from it is final (and it was read recently): no read.
+                    if need_end <= held.final_until and held.read_at > recheck_before:
                         cache.hits += 1
                         r.tiles.update(held.tiles)
                         continue
@@ -476,7 +484,7 @@ class Fetcher:
                         continue
                     rt = self._gbs[r.gb.name]
                     try:
-                        period = self._period(rt, got_ds.get(key), r.held.get(key), now - rt.settle_ms)
+                        period = self._period(rt, got_ds.get(key), r.held.get(key), now - rt.settle_ms, mono)
                     except Exception as e:
                         r.error = f"period value cannot be decoded: {type(e).__name__}: {e}"
                         continue
@@ -485,16 +493,20 @@ class Fetcher:
                     r.tiles.update(period.tiles)
 
     @staticmethod
-    def _period(rt: _GroupByRuntime, blob: bytes | None, held: _Period | None, final_until: int) -> _Period:
+    def _period(
+        rt: _GroupByRuntime, blob: bytes | None, held: _Period | None, final_until: int, read_at: float
+    ) -> _Period:
         """A period value just read; the kept one's tiles where the bytes did not change."""
         if held is not None and held.blob == blob:
-            return _Period(blob, held.tiles, held.by_start, max(final_until, held.final_until))
+            return _Period(blob, held.tiles, held.by_start, max(final_until, held.final_until), read_at)
         if blob is None:
-            return _Period(None, {}, {}, final_until)
+            return _Period(None, {}, {}, final_until, read_at)
         size, _, by_start = rt.codec.decode_period(blob, lazy=True)
         if held is not None:
             reuse_tiles(held.by_start, by_start)
-        return _Period(blob, {(size, s): tile for s, tile in by_start.items()}, by_start, final_until)
+        return _Period(
+            blob, {(size, s): tile for s, tile in by_start.items()}, by_start, final_until, read_at
+        )
 
     def _stream_get(
         self, requests: dict[str, list[bytes]]

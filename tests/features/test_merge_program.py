@@ -242,3 +242,41 @@ def test_layout_reads_the_period_values_stream_reads_names() -> None:
                     pkey = (size, align(start, program.period_of[size]))
                     want[pkey] = max(want.get(pkey, 0), start + size)
             assert set(needs) == values and needs == want, (gb.name, t)
+
+
+def test_a_final_tile_rewritten_rebuilds_the_prefix() -> None:
+    """A tile taken as final that comes back with other content (a stream job that fell behind) is a new object:
+    the memo folds it instead of keeping the prefix folded from the old one."""
+    plan = compile_repo(ROOT / "features" / "fraud")
+    gb = plan.group_by("card")
+    assert gb.batch is not None
+    codec = StateCodec(gb)
+    program = MergeProgram(codec)
+    ds = generate(seed=6, days=3, events_per_day=800)
+    raw = ds.payments.to_pylist()
+    boundary = align(raw[0]["ts"], DAY_MS) + 2 * DAY_MS
+    card = max({r["card_id"] for r in raw}, key=lambda c: sum(r["card_id"] == c for r in raw))
+    rows = _rows(gb, raw, card, 0, seed=0)
+    state = batch_state(codec, rows, boundary, gb.batch.validity_ms)
+    t = boundary + 20 * HOUR_MS
+    day = [r for r in rows if boundary <= r["ts"] < t]
+    hours = [align(r["ts"], HOUR_MS) for r in day]
+    # An event sharing its hour tile with another: the tile is there both times, with other content.
+    missed = next(r for r, h in zip(day, hours) if hours.count(h) > 1)
+    memo = EntityMemo()
+    tiles = tiles_from_rows(codec, [r for r in day if r is not missed], boundary)
+    first = program.run(t, state, tiles, memo=memo, final_before=t)
+    _same(dict(zip(program.names, first.values)), merge_features(codec, t, state, tiles).values)
+    rewritten = tiles_from_rows(codec, day, boundary)
+    changed = {
+        k: (
+            rewritten[k]
+            if k not in tiles or codec.encode(rewritten[k].irs) != codec.encode(tiles[k].irs)
+            else tiles[k]
+        )
+        for k in rewritten
+    }
+    again = program.run(t, state, changed, memo=memo, final_before=t)
+    want = merge_features(codec, t, state, changed)
+    _same(dict(zip(program.names, again.values)), want.values)
+    assert again.values != first.values

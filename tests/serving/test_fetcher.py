@@ -337,3 +337,31 @@ def test_a_fetch_of_final_tiles_only_does_not_read_the_stream(
     assert fetcher.fetch("fraud_v1", dict(req, ts=now), at_ms=now).degraded
     bulk.close()
     stream.close()
+
+
+def test_final_tiles_are_read_again_after_recheck_s(
+    plan: Plan, world: dict[str, Any], memcached: list[Service], tmp_path: Path
+) -> None:
+    """A tile already final that the stream rewrites (a job that fell behind its allowed lateness and caught up)
+    is served once ``recheck_s`` has passed."""
+    bulk, stream = _stores(tmp_path, memcached)
+    _load_batch(plan, world, bulk)
+    b = world["boundary"]
+    card = plan.group_by("card")
+    key, rows = max(
+        world["by_key"]["card"].items(), key=lambda kv: sum(b <= r["ts"] < b + DAY_MS for r in kv[1])
+    )
+    day = sorted((r for r in rows if b <= r["ts"] < b + DAY_MS), key=lambda r: r["ts"])
+    t = day[-1]["ts"] + 3 * 3_600_000
+    payment = next(p for p in world["raw"]["payments"] if p["card_id"] == key[0])
+    req = dict({c: payment[c] for c in world["join"].left.schema}, ts=t)
+    missed = day[0]
+    write_stream(stream, card, {key: [r for r in rows if r is not missed]}, b, t)
+    fetcher = Fetcher(plan, (bulk, stream), now_ms=Clock(t), recheck_s=0.0)
+    first = fetcher.fetch("fraud_v1", req)
+    write_stream(stream, card, {key: rows}, b, t)  # the missed event, hours late
+    second = fetcher.fetch("fraud_v1", req)
+    assert second.values["card_amount_usd_count_30d"] == first.values["card_amount_usd_count_30d"] + 1
+    _same_values(second.values, Fetcher(plan, (bulk, stream), now_ms=Clock(t)).fetch("fraud_v1", req).values)
+    bulk.close()
+    stream.close()
