@@ -7,13 +7,18 @@ Per request, for every part of the Join (a GroupBy and the request's entity key)
   decoded states (and "no value" answers) live in a bounded in-process LRU keyed by ``(dataset, version, key)``;
   the published version (with its boundary, from the version's metadata record, :mod:`kvstore.meta`) is
   re-checked at most every ``version_check_s``.
-* **Stream**: the period values :func:`features.tiles.stream_reads` names for the query time (a bounded number
-  whatever the window length), every stream dataset in one request: with memcached, one ``get_many`` per node
-  touched (:meth:`~kvstore.memcached.MemcachedStore.multi_get_many`; an entity's values share a node). A period value whose period ended before
-  the stream's watermark (the clock minus allowed lateness and the flush interval) no longer changes: it is
-  cached too.
-* **Merge**: :func:`features.tiles.merge_features`, then the Join's output names and derivations
-  (:func:`features.sql.compile_expression`).
+* **Stream**: the period values the GroupBy's :class:`~features.tiles.MergeProgram` names for the query time (a
+  bounded number whatever the window length), every stream dataset in one request: with memcached, one
+  ``get_many`` per node touched (:meth:`~kvstore.memcached.MemcachedStore.multi_get_many`; an entity's values
+  share a node). A tile that ended before the stream's watermark (the clock minus allowed lateness and the flush
+  interval) no longer changes. Every period value read is kept (bounded LRU) with the time up to which its tiles
+  are final: a fetch that needs only final tiles of it does not read it again, and one that does reuses the
+  decoded tiles whose bytes did not change.
+* **Merge**: :meth:`features.tiles.MergeProgram.run` (the definition of :func:`features.tiles.merge_features`)
+  with a per-entity :class:`~features.tiles.EntityMemo` (bounded LRU keyed by GroupBy, entity and batch
+  version): a window whose inputs did not change gives its previous values, and the fold over a window's batch
+  part and final tiles is kept, so a fetch folds only the fresh tiles at the head. Then the Join's output names
+  and derivations (:func:`features.sql.compile_expression`).
 
 Failures never raise: an entity missing from the stores gets the values of an empty window (count 0, nulls); a
 key that cannot be encoded, a store that is down or slow (the memcached budget per call, and a total budget per
@@ -32,7 +37,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from features.plan import GroupByPlan, JoinPartPlan, JoinPlan, Plan
 from features.sql import compile_expression
-from features.tiles import BatchState, StateCodec, Tile, TileKey, merge_features, stream_reads, tile_suffix
+from features.tiles import (
+    BatchState,
+    EntityMemo,
+    MergeProgram,
+    StateCodec,
+    Tile,
+    TileKey,
+    reuse_tiles,
+    tile_suffix,
+)
 from features.windows import DAY_MS
 from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity
@@ -71,6 +85,14 @@ class LRU(Generic[K, V]):
                 return None
             self._data.move_to_end(key)
             self.hits += 1
+            return value
+
+    def peek(self, key: K) -> V | None:
+        """Like :meth:`get` without counting a hit or a miss."""
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
             return value
 
     def put(self, key: K, value: V) -> None:
@@ -128,8 +150,21 @@ class _PartRead:
     batch_known: bool = False
     boundary_ms: int | None = None
     period_keys: dict[bytes, TileKey] = field(default_factory=dict)
+    held: dict[bytes, _Period] = field(default_factory=dict)  # kept period values being read again
     tiles: dict[TileKey, Tile] = field(default_factory=dict)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Period:
+    """A stream period value as last read: its bytes (None: absent), its tiles, and the time up to which they
+    are final (a tile ending at or before ``final_until`` can no longer change, nor can its absence)."""
+
+    blob: bytes | None
+    tiles: dict[TileKey, Tile]
+    by_start: dict[int, Tile]
+    final_until: int
+    read_at: float  # time.monotonic() of the read
 
 
 class _GroupByRuntime:
@@ -144,14 +179,19 @@ class _GroupByRuntime:
         self.batch_layout = KeyLayout(gb.batch.dataset, gb.semantic_hash)
         self.stream_layout = KeyLayout(gb.stream.dataset, gb.semantic_hash)
         self.meta_key = meta_key(gb.batch.dataset, gb.semantic_hash)
-        self.period_ms = {lv.size_ms: lv.period_ms for lv in gb.stream.levels}
-        # A period value is final once the stream can no longer write into it.
+        self.program = MergeProgram(self.codec)
+        # A tile is final once the stream can no longer write into it.
         self.settle_ms = gb.source.allowed_lateness_ms + gb.stream.flush_interval_ms
 
 
 class _JoinRuntime:
-    def __init__(self, join: JoinPlan) -> None:
+    def __init__(self, join: JoinPlan, gbs: Mapping[str, _GroupByRuntime]) -> None:
         self.join = join
+        # Per part: (output column, slot of the feature in its GroupBy's feature order).
+        self.outs: list[list[tuple[str, int]]] = []
+        for part in join.parts:
+            slot = {name: i for i, name in enumerate(gbs[part.group_by].program.names)}
+            self.outs.append([(out, slot[feature]) for out, feature in part.features.items()])
         self.derivations: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = []
         for d in join.derivations:
             schema = {}
@@ -167,8 +207,11 @@ class Fetcher:
     """Feature vectors of a plan's online Joins from a bulk store (batch state) and a stream store (tiles).
 
     ``store``: a :class:`~kvstore.dual.DualStore` or a ``(bulk, stream)`` pair. ``now_ms``: the clock (epoch ms)
-    used when a fetch gives no ``at_ms`` and to decide which period values are final. ``cache_size``: decoded batch
-    states kept; ``tile_cache_size``: final period values kept. ``logger``: an optional
+    used when a fetch gives no ``at_ms`` and to decide which stream tiles are final. ``cache_size``: decoded batch
+    states kept; ``tile_cache_size``: period values kept; ``merge_cache_size``: per-entity merge memos kept (one
+    per GroupBy, entity and batch version; 0 turns the memo off). ``recheck_s``: a kept period value whose
+    needed tiles are all final is still read again after this long (bounds what a stream job that fell behind
+    its allowed lateness can leave stale). ``logger``: an optional
     :class:`~serving.feature_log.FeatureLogger` of served vectors. ``budget_s``: a fetch stops asking stores once it
     has spent this long (the parts not yet read are degraded); the memcached store's own per-call budget bounds
     each call.
@@ -182,7 +225,9 @@ class Fetcher:
         now_ms: Callable[[], int] = wall_clock_ms,
         cache_size: int = 100_000,
         tile_cache_size: int = 100_000,
+        merge_cache_size: int = 20_000,
         version_check_s: float = 1.0,
+        recheck_s: float = 60.0,
         budget_s: float = 0.25,
         logger: FeatureLogger | None = None,
     ) -> None:
@@ -194,9 +239,11 @@ class Fetcher:
             self.bulk, self.stream = store
         self.now_ms = now_ms
         self.version_check_s = version_check_s
+        self.recheck_s = recheck_s
         self.budget_s = budget_s
         self.batch_cache: LRU[tuple[str, str, bytes], Any] = LRU(cache_size)
-        self.tile_cache: LRU[tuple[str, bytes], dict[int, Tile]] = LRU(tile_cache_size)
+        self.tile_cache: LRU[tuple[str, bytes], _Period] = LRU(tile_cache_size)
+        self.merge_cache: LRU[tuple[str, bytes, str], EntityMemo] = LRU(merge_cache_size)
         self._versions: dict[str, _Version] = {}
         self._version_lock = threading.Lock()
         self._gbs: dict[str, _GroupByRuntime] = {}
@@ -204,10 +251,10 @@ class Fetcher:
         for j in plan.joins:
             if not j.online:
                 continue
-            self._joins[j.name] = _JoinRuntime(j)
             for part in j.parts:
                 if part.group_by not in self._gbs:
                     self._gbs[part.group_by] = _GroupByRuntime(plan.group_by(part.group_by))
+            self._joins[j.name] = _JoinRuntime(j, self._gbs)
 
     @property
     def joins(self) -> list[str]:
@@ -259,12 +306,18 @@ class Fetcher:
         self._read_stream(reads, t, now, deadline)
         t_stream = time.perf_counter()
 
-        for r in reads:
+        out = vector.values
+        for r, outs in zip(reads, jr.outs):
             rt = self._gbs[r.gb.name]
-            values: dict[str, Any] | None = None
+            values: list[Any] | None = None
             if r.error is None:
+                memo = None
+                if r.entity is not None and r.version is not None and r.version.name is not None:
+                    memo = self._memo(rt, r.entity, r.version.name)
                 try:
-                    res = merge_features(rt.codec, t, r.batch, r.tiles, boundary_ms=r.boundary_ms)
+                    res = rt.program.run(
+                        t, r.batch, r.tiles, r.boundary_ms, memo=memo, final_before=now - rt.settle_ms
+                    )
                     values = res.values
                     vector.stale = vector.stale or res.stale_batch
                 except Exception as e:  # a corrupt value: this part only
@@ -272,8 +325,12 @@ class Fetcher:
             if r.error is not None:
                 vector.errors[r.gb.name] = r.error
                 vector.degraded = True
-            for out_name, feature in r.part.features.items():
-                vector.values[out_name] = None if values is None else values[feature]
+            if values is None:
+                for out_name, _ in outs:
+                    out[out_name] = None
+            else:
+                for out_name, slot in outs:
+                    out[out_name] = values[slot]
         for name, fn in jr.derivations:
             try:
                 vector.values[name] = fn(vector.values)
@@ -296,6 +353,16 @@ class Fetcher:
                 batch={r.gb.name: (r.version.name if r.version else None, r.boundary_ms) for r in reads},
             )
         return vector
+
+    def _memo(self, rt: _GroupByRuntime, entity: bytes, version: str) -> EntityMemo | None:
+        if self.merge_cache.capacity <= 0:
+            return None
+        key = (rt.gb.name, entity, version)
+        memo = self.merge_cache.get(key)
+        if memo is None:
+            memo = EntityMemo()
+            self.merge_cache.put(key, memo)
+        return memo
 
     def _part_read(self, part: JoinPartPlan, request: Mapping[str, Any]) -> _PartRead:
         gb = self._gbs[part.group_by].gb
@@ -366,20 +433,27 @@ class Fetcher:
 
     def _read_stream(self, reads: list[_PartRead], t: int, now: int, deadline: float) -> None:
         wanted: dict[str, dict[bytes, list[_PartRead]]] = {}
+        cache = self.tile_cache
+        keep = cache.capacity > 0
+        mono = time.monotonic()
+        recheck_before = mono - self.recheck_s
         for r in reads:
             if r.error is not None or r.entity is None:
                 continue
             rt = self._gbs[r.gb.name]
             boundary = r.boundary_ms if r.boundary_ms is not None else t
-            values, _ = stream_reads(r.gb, t, boundary)
-            for size, pstart in values:
+            needs = rt.program.layout(t, boundary).needs
+            for (size, pstart), need_end in needs.items():
                 key = rt.stream_layout.key(r.entity, tile_suffix(size, pstart))
-                final = pstart + rt.period_ms[size] + rt.settle_ms <= now
-                if final:
-                    cached = self.tile_cache.get((rt.stream_dataset, key))
-                    if cached is not None:
-                        r.tiles.update({(size, s): tile for s, tile in cached.items()})
+                held = cache.peek((rt.stream_dataset, key)) if keep else None
+                if held is not None:
+                    # Every tile needed from it is final (and it was read recently): no read.
+                    if need_end <= held.final_until and held.read_at > recheck_before:
+                        cache.hits += 1
+                        r.tiles.update(held.tiles)
                         continue
+                    r.held[key] = held
+                cache.misses += 1
                 r.period_keys[key] = (size, pstart)
                 wanted.setdefault(rt.stream_dataset, {}).setdefault(key, []).append(r)
         if not wanted:
@@ -408,18 +482,31 @@ class Fetcher:
                     if key in unavailable_ds:
                         r.error = f"stream store unavailable for {dataset} (node down or slow)"
                         continue
-                    blob = got_ds.get(key)
-                    if blob is None:
-                        continue
                     rt = self._gbs[r.gb.name]
                     try:
-                        size, pstart, tiles = rt.codec.decode_period(blob, lazy=True)
+                        period = self._period(rt, got_ds.get(key), r.held.get(key), now - rt.settle_ms, mono)
                     except Exception as e:
                         r.error = f"period value cannot be decoded: {type(e).__name__}: {e}"
                         continue
-                    if pstart + rt.period_ms[size] + rt.settle_ms <= now:
-                        self.tile_cache.put((dataset, key), tiles)
-                    r.tiles.update({(size, s): tile for s, tile in tiles.items()})
+                    if keep:
+                        cache.put((dataset, key), period)
+                    r.tiles.update(period.tiles)
+
+    @staticmethod
+    def _period(
+        rt: _GroupByRuntime, blob: bytes | None, held: _Period | None, final_until: int, read_at: float
+    ) -> _Period:
+        """A period value just read; the kept one's tiles where the bytes did not change."""
+        if held is not None and held.blob == blob:
+            return _Period(blob, held.tiles, held.by_start, max(final_until, held.final_until), read_at)
+        if blob is None:
+            return _Period(None, {}, {}, final_until, read_at)
+        size, _, by_start = rt.codec.decode_period(blob, lazy=True)
+        if held is not None:
+            reuse_tiles(held.by_start, by_start)
+        return _Period(
+            blob, {(size, s): tile for s, tile in by_start.items()}, by_start, final_until, read_at
+        )
 
     def _stream_get(
         self, requests: dict[str, list[bytes]]
@@ -446,6 +533,9 @@ class Fetcher:
             "tile_hits": self.tile_cache.hits,
             "tile_misses": self.tile_cache.misses,
             "tile_size": len(self.tile_cache),
+            "merge_hits": self.merge_cache.hits,
+            "merge_misses": self.merge_cache.misses,
+            "merge_size": len(self.merge_cache),
         }
 
 

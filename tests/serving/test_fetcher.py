@@ -213,3 +213,155 @@ def test_a_dead_memcached_node_degrades_within_budget(
     assert degraded > 0
     bulk.close()
     stream.close()
+
+
+def _same_values(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert list(a) == list(b)
+    for col in a:
+        x, y = a[col], b[col]
+        assert x == y or (
+            isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
+        ), (
+            col,
+            x,
+            y,
+        )
+
+
+def test_caches_give_exactly_the_uncached_values(
+    plan: Plan, world: dict[str, Any], memcached: list[Service], tmp_path: Path
+) -> None:
+    """A clock moving by seconds and minutes: the caching fetcher equals one with every cache off, bit for bit."""
+    bulk, stream = _stores(tmp_path, memcached)
+    _load_batch(plan, world, bulk)
+    requests = _requests(world, 6, seed=7)
+    clock = Clock(world["boundary"])
+    cached = Fetcher(plan, (bulk, stream), now_ms=clock, budget_s=10.0)  # a busy machine must not degrade it
+    plain = Fetcher(
+        plan, (bulk, stream), now_ms=clock, cache_size=0, tile_cache_size=0, merge_cache_size=0, budget_s=10.0
+    )
+    for req in requests:
+        for step in (0, 1_000, 2_000, 61_000, 7 * 60_000):
+            clock.ms = req["ts"] + step
+            _load_stream(plan, world, stream, requests, clock.ms)
+            r = dict(req, ts=clock.ms)
+            got, want = cached.fetch("fraud_v1", r), plain.fetch("fraud_v1", r)
+            assert not got.degraded and not want.degraded
+            _same_values(got.values, want.values)
+    stats = cached.cache_stats()
+    assert stats["merge_hits"] > 0 and stats["tile_hits"] > 0
+    bulk.close()
+    stream.close()
+
+
+def test_a_new_batch_version_is_served_at_once(
+    plan: Plan, world: dict[str, Any], memcached: list[Service], tmp_path: Path
+) -> None:
+    bulk, stream = _stores(tmp_path, memcached)
+    _load_batch(plan, world, bulk)
+    req = _requests(world, 1, seed=8)[0]
+    _load_stream(plan, world, stream, [req], req["ts"])
+    fetcher = Fetcher(plan, (bulk, stream), now_ms=Clock(req["ts"]), version_check_s=0.0)
+    before = fetcher.fetch("fraud_v1", req)
+    assert fetcher.fetch("fraud_v1", req).values == before.values
+    # A re-upload of the same day without this card (e.g. its events were deleted upstream).
+    card = plan.group_by("card")
+    by_key = {k: v for k, v in world["by_key"]["card"].items() if k != (req["card_id"],)}
+    write_batch(bulk, card, by_key, world["boundary"], "2026-01-01.r2")
+    after = fetcher.fetch("fraud_v1", req)
+    fresh = Fetcher(plan, (bulk, stream), now_ms=Clock(req["ts"])).fetch("fraud_v1", req)
+    _same_values(after.values, fresh.values)
+    assert after.values["card_amount_usd_count_30d"] < before.values["card_amount_usd_count_30d"]
+    bulk.close()
+    stream.close()
+
+
+def test_a_fresh_tile_that_changes_is_read_again(
+    plan: Plan, world: dict[str, Any], memcached: list[Service], tmp_path: Path
+) -> None:
+    """An event reaching the stream late (within the allowed lateness) changes the next fetch at the same time."""
+    bulk, stream = _stores(tmp_path, memcached)
+    _load_batch(plan, world, bulk)
+    b = world["boundary"]
+    card_rows = world["by_key"]["card"]
+    late = next(
+        r
+        for rows in card_rows.values()
+        for r in sorted(rows, key=lambda r: r["ts"])
+        if b + 6 * 3_600_000 <= r["ts"] < b + DAY_MS - 3_600_000
+    )
+    payment = next(
+        p for p in world["raw"]["payments"] if p["card_id"] == late["card_id"] and p["ts"] == late["ts"]
+    )
+    req = {c: payment[c] for c in world["join"].left.schema}
+    t = late["ts"] + 90_000  # the event's tile is still fresh: 90 s < allowed lateness
+    req["ts"] = t
+    clock = Clock(t)
+    fetcher = Fetcher(plan, (bulk, stream), now_ms=clock)
+    card = plan.group_by("card")
+    key = (late["card_id"],)
+    without = [r for r in card_rows[key] if r is not late]
+    write_stream(stream, card, {key: without}, b, t)
+    first = fetcher.fetch("fraud_v1", req)
+    assert fetcher.fetch("fraud_v1", req).values == first.values
+    write_stream(stream, card, {key: card_rows[key]}, b, t)  # the late event arrives
+    second = fetcher.fetch("fraud_v1", req)
+    assert second.values["card_amount_usd_count_10m"] == first.values["card_amount_usd_count_10m"] + 1
+    fresh = Fetcher(plan, (bulk, stream), now_ms=clock).fetch("fraud_v1", req)
+    _same_values(second.values, fresh.values)
+    bulk.close()
+    stream.close()
+
+
+def test_a_fetch_of_final_tiles_only_does_not_read_the_stream(
+    plan: Plan, world: dict[str, Any], memcached: list[Service], tmp_path: Path
+) -> None:
+    """ "As of" a time well before the clock every tile is final: the second fetch needs no stream node at all."""
+    bulk, stream = _stores(tmp_path, memcached)
+    _load_batch(plan, world, bulk)
+    req = _requests(world, 1, seed=9)[0]
+    req["ts"] -= req["ts"] % 3_600_000  # a whole hour: no head tile holds events at or after it
+    now = req["ts"] + 3 * 3_600_000  # past every GroupBy's allowed lateness (1 h at most)
+    _load_stream(plan, world, stream, [req], now)
+    fetcher = Fetcher(plan, (bulk, stream), now_ms=Clock(now), budget_s=0.5)
+    first = fetcher.fetch("fraud_v1", req, at_ms=req["ts"])
+    assert not first.degraded
+    want = join_features(world["join"], world["indexes"], [req])[0]
+    _assert_equal(plan, world, first.values, want)
+    for node in memcached:
+        node.kill()
+    again = fetcher.fetch("fraud_v1", req, at_ms=req["ts"])
+    assert not again.degraded and not again.errors, again.errors
+    _same_values(again.values, first.values)
+    # A time whose head tile is fresh has to read the stream, which is down now.
+    assert fetcher.fetch("fraud_v1", dict(req, ts=now), at_ms=now).degraded
+    bulk.close()
+    stream.close()
+
+
+def test_final_tiles_are_read_again_after_recheck_s(
+    plan: Plan, world: dict[str, Any], memcached: list[Service], tmp_path: Path
+) -> None:
+    """A tile already final that the stream rewrites (a job that fell behind its allowed lateness and caught up)
+    is served once ``recheck_s`` has passed."""
+    bulk, stream = _stores(tmp_path, memcached)
+    _load_batch(plan, world, bulk)
+    b = world["boundary"]
+    card = plan.group_by("card")
+    key, rows = max(
+        world["by_key"]["card"].items(), key=lambda kv: sum(b <= r["ts"] < b + DAY_MS for r in kv[1])
+    )
+    day = sorted((r for r in rows if b <= r["ts"] < b + DAY_MS), key=lambda r: r["ts"])
+    t = day[-1]["ts"] + 3 * 3_600_000
+    payment = next(p for p in world["raw"]["payments"] if p["card_id"] == key[0])
+    req = dict({c: payment[c] for c in world["join"].left.schema}, ts=t)
+    missed = day[0]
+    write_stream(stream, card, {key: [r for r in rows if r is not missed]}, b, t)
+    fetcher = Fetcher(plan, (bulk, stream), now_ms=Clock(t), recheck_s=0.0)
+    first = fetcher.fetch("fraud_v1", req)
+    write_stream(stream, card, {key: rows}, b, t)  # the missed event, hours late
+    second = fetcher.fetch("fraud_v1", req)
+    assert second.values["card_amount_usd_count_30d"] == first.values["card_amount_usd_count_30d"] + 1
+    _same_values(second.values, Fetcher(plan, (bulk, stream), now_ms=Clock(t)).fetch("fraud_v1", req).values)
+    bulk.close()
+    stream.close()
