@@ -268,8 +268,8 @@ def create_app(
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
-        """Liveness: the process answers and knows its plan."""
-        return {"status": "ok", "plan": plan.plan_hash, "joins": sorted(joins)}
+        """Liveness: the process answers and knows its plan (``pid``: which server process answered)."""
+        return {"status": "ok", "plan": plan.plan_hash, "joins": sorted(joins), "pid": os.getpid()}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, dependencies=[Depends(authorize)])
     def prometheus() -> PlainTextResponse:
