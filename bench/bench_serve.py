@@ -9,22 +9,30 @@ it). Then:
 1. in-process ``Fetcher.fetch`` latency over the same stores (warm caches, wall clock), for comparison;
 2. ``python -m tessera.cli serve`` on 127.0.0.1 as a separate process (``TESSERA_MEMCACHED``,
    ``TESSERA_BULK_STORE=embedded:PATH``, ``--model-dir``), fetching at its own wall clock;
-3. from this process, for ``POST /v1/features/fraud_v1`` and ``POST /v1/decide``, one stage per rate: requests
-   are *scheduled* at ``i / rate`` (open loop: a slow answer does not delay the next request) with asyncio +
-   httpx, at most ``--seconds`` of schedule and ``--max-requests`` requests per stage, each with a
-   ``--timeout-s`` deadline. At most ``--max-inflight`` requests wait for an answer at once (one connection
-   each); a request due while the cap is reached is *shed* (counted, not sent), so an overloaded server cannot
-   make the client queue without bound. Latency is measured from the scheduled time (so client lag counts), and
-   also from the actual send.
+3. for ``POST /v1/features/fraud_v1`` and ``POST /v1/decide``, one stage per rate: requests are *scheduled* at
+   ``i / rate`` (open loop: a slow answer does not delay the next request), at most ``--seconds`` of schedule and
+   ``--max-requests`` requests per stage, each with a ``--timeout-s`` deadline. At most ``--max-inflight``
+   requests wait for an answer at once (one connection each); a request due while the cap is reached is *shed*
+   (counted, not sent), so an overloaded server cannot make the client queue without bound. Latency is measured
+   from the scheduled time (so client lag counts), and also from the actual send.
+
+The client (``--client``): ``raw`` (default), a minimal HTTP/1.1 keep-alive client on asyncio streams with
+bodies encoded once, or ``httpx`` (what earlier runs used; its per-request CPU made the client, sharing the 2
+cores, the bottleneck). ``--client-procs N`` splits one schedule over N forked client processes (request ``i``
+goes to process ``i % N``). Each stage reports the client's CPU (in cores) and the server's CPU per answered
+request (its process tree, from /proc), so a saturated client or a starved server shows in the table.
+``--workers N`` starts ``tessera serve --workers N``.
 
 Prints a markdown table: achieved throughput, p50/p99/p99.9 per endpoint and rate, errors and degraded answers.
-``python bench/bench_serve.py [--rates 100,300,1000] [--seconds 10] [--rules-only]``.
+``python bench/bench_serve.py [--rates 100,300,1000] [--seconds 10] [--rules-only] [--workers 2]
+[--client raw|httpx] [--client-procs 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -399,7 +407,8 @@ async def _one_client_stage(
     client = _client(kind, port, max_inflight)
     try:
         for body in bodies[:4]:  # open a few connections before the schedule starts
-            await client.post(path, body, timeout_s)
+            with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError, httpx.HTTPError):
+                await client.post(path, body, timeout_s)
         return await run_stage(client, path, bodies, rate, n, start_wall, timeout_s, max_inflight, share)
     finally:
         await client.close()

@@ -246,6 +246,9 @@ def serve(
         help="server processes (uvicorn workers) sharing the port; each has its own fetcher and caches, "
         "and /metrics sums them (prometheus_client multiprocess mode)",
     ),
+    blocking: str = typer.Option(
+        "inline", help="where fetch and decision run: inline (the event loop's thread) or threads (a pool)"
+    ),
 ) -> None:
     """The HTTP API: POST /v1/features/{join}, POST /v1/decide, GET /healthz, GET /metrics."""
     import uvicorn
@@ -263,6 +266,7 @@ def serve(
             _SERVE_MODEL: str(model_dir or settings.model_dir),
             _SERVE_RULES: str(rules or ""),
             _SERVE_JOIN: decide_join,
+            _SERVE_BLOCKING: blocking,
         }
     )
     console.print(f"tessera API on http://{bind}:{bind_port} (plan {p.plan_hash}, {workers} worker(s))")
@@ -286,6 +290,7 @@ def serve(
 
 _SERVE_REPO, _SERVE_MODEL = "TESSERA_SERVE_REPO", "TESSERA_SERVE_MODEL_DIR"
 _SERVE_RULES, _SERVE_JOIN = "TESSERA_SERVE_RULES", "TESSERA_SERVE_DECIDE_JOIN"
+_SERVE_BLOCKING = "TESSERA_SERVE_BLOCKING"
 
 
 def serve_app() -> Any:
@@ -310,7 +315,17 @@ def serve_app() -> Any:
         rule_set = Rules.load(Path(rules), schema) if rules else Rules.default(schema)
         model = Path(os.environ.get(_SERVE_MODEL) or settings.model_dir)
         decider = Decider(model if model.exists() else None, rule_set, placement="auto")
-    return create_app(p, fetcher, decider, token=settings.api_token, decide_join=decide_join)
+    blocking = os.environ.get(_SERVE_BLOCKING) or "inline"
+    if blocking not in ("inline", "threads"):
+        raise ValueError(f"--blocking {blocking!r}: expected inline or threads")
+    return create_app(
+        p,
+        fetcher,
+        decider,
+        token=settings.api_token,
+        decide_join=decide_join,
+        blocking="threads" if blocking == "threads" else "inline",
+    )
 
 
 @app.command()
