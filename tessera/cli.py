@@ -255,6 +255,8 @@ def serve(
 
     from tessera.config import Settings
 
+    if blocking not in ("inline", "threads"):
+        raise typer.BadParameter(f"{blocking!r}: expected inline or threads", param_hint="--blocking")
     settings = Settings.from_env()
     repo = path or settings.repo
     p = _plan_or_exit(repo)  # checked once here, so a broken repo fails before any worker starts

@@ -197,6 +197,22 @@ def test_schemathesis_finds_no_server_error(world: dict[str, Any]) -> None:
     assert not failures, failures[:5]
 
 
+def test_thread_pool_mode_gives_the_same_answers(world: dict[str, Any], client: TestClient) -> None:
+    pooled = TestClient(create_app(world["plan"], world["fetcher"], world["decider"], blocking="threads"))
+    for req in world["requests"][:3]:
+        at = {"at_ms": req["ts"]}
+        a = client.post("/v1/features/fraud_v1", json=req, params=at).json()
+        b = pooled.post("/v1/features/fraud_v1", json=req, params=at).json()
+        assert a["values"] == b["values"] and not b["degraded"]
+        d = pooled.post("/v1/decide", json=req, params=at)
+        assert (
+            d.status_code == 200
+            and d.json()["action"] == client.post("/v1/decide", json=req, params=at).json()["action"]
+        )
+    with pytest.raises(ValueError, match="blocking"):
+        create_app(world["plan"], world["fetcher"], world["decider"], blocking="nope")  # type: ignore[arg-type]
+
+
 def test_a_dead_node_degrades_the_answer_not_the_status(world: dict[str, Any]) -> None:
     app = create_app(world["plan"], world["fetcher"], world["decider"])
     c = TestClient(app)
