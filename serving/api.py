@@ -14,7 +14,8 @@ the answer (~160 values) is written as JSON bytes directly (``orjson`` when inst
 library; NaN and infinities become null either way) instead of building and re-validating the response models,
 which stay in the OpenAPI document. ``blocking="inline"`` (the default) runs fetch and decision in the event
 loop's thread: both are CPU-bound Python, so a worker thread only adds two thread switches per request; a slow
-store is bounded by the fetch's own budgets. ``blocking="threads"`` runs them in the thread pool instead.
+store is bounded by the fetch's own budgets. ``blocking="threads"`` runs them in at most ``threads`` worker
+threads instead, which overlaps one request's waits (store round trips, thread wake-ups) with another's work.
 
 Several server processes (``tessera serve --workers N``) each have their own fetcher and caches. ``/metrics``
 is then prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the workers start):
@@ -31,8 +32,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -208,11 +210,13 @@ def create_app(
     token: str | None = None,
     decide_join: str = "fraud_v1",
     blocking: Literal["inline", "threads"] = "inline",
+    threads: int = 4,
 ) -> FastAPI:
     """The API over one plan's online Joins. ``decider`` None: ``/v1/decide`` answers 503. ``blocking``: where
     fetch and decision run (module docstring)."""
     if blocking not in ("inline", "threads"):
         raise ValueError(f"blocking={blocking!r}: expected inline or threads")
+    limiter = anyio.CapacityLimiter(max(1, threads))
     app = FastAPI(
         title="tessera",
         version="0.1.0",
@@ -264,7 +268,7 @@ def create_app(
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         if blocking == "inline":
             return fn(*args)
-        return await run_in_threadpool(fn, *args)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

@@ -249,6 +249,7 @@ def serve(
     blocking: str = typer.Option(
         "inline", help="where fetch and decision run: inline (the event loop's thread) or threads (a pool)"
     ),
+    threads: int = typer.Option(4, min=1, help="with --blocking threads: worker threads per process"),
 ) -> None:
     """The HTTP API: POST /v1/features/{join}, POST /v1/decide, GET /healthz, GET /metrics."""
     import uvicorn
@@ -269,6 +270,7 @@ def serve(
             _SERVE_RULES: str(rules or ""),
             _SERVE_JOIN: decide_join,
             _SERVE_BLOCKING: blocking,
+            _SERVE_THREADS: str(threads),
         }
     )
     console.print(f"tessera API on http://{bind}:{bind_port} (plan {p.plan_hash}, {workers} worker(s))")
@@ -292,7 +294,7 @@ def serve(
 
 _SERVE_REPO, _SERVE_MODEL = "TESSERA_SERVE_REPO", "TESSERA_SERVE_MODEL_DIR"
 _SERVE_RULES, _SERVE_JOIN = "TESSERA_SERVE_RULES", "TESSERA_SERVE_DECIDE_JOIN"
-_SERVE_BLOCKING = "TESSERA_SERVE_BLOCKING"
+_SERVE_BLOCKING, _SERVE_THREADS = "TESSERA_SERVE_BLOCKING", "TESSERA_SERVE_THREADS"
 
 
 def serve_app() -> Any:
@@ -327,6 +329,7 @@ def serve_app() -> Any:
         token=settings.api_token,
         decide_join=decide_join,
         blocking="threads" if blocking == "threads" else "inline",
+        threads=int(os.environ.get(_SERVE_THREADS) or 4),
     )
 
 
