@@ -9,22 +9,32 @@ it). Then:
 1. in-process ``Fetcher.fetch`` latency over the same stores (warm caches, wall clock), for comparison;
 2. ``python -m tessera.cli serve`` on 127.0.0.1 as a separate process (``TESSERA_MEMCACHED``,
    ``TESSERA_BULK_STORE=embedded:PATH``, ``--model-dir``), fetching at its own wall clock;
-3. from this process, for ``POST /v1/features/fraud_v1`` and ``POST /v1/decide``, one stage per rate: requests
-   are *scheduled* at ``i / rate`` (open loop: a slow answer does not delay the next request) with asyncio +
-   httpx, at most ``--seconds`` of schedule and ``--max-requests`` requests per stage, each with a
-   ``--timeout-s`` deadline. At most ``--max-inflight`` requests wait for an answer at once (one connection
-   each); a request due while the cap is reached is *shed* (counted, not sent), so an overloaded server cannot
-   make the client queue without bound. Latency is measured from the scheduled time (so client lag counts), and
-   also from the actual send.
+3. for ``POST /v1/features/fraud_v1`` and ``POST /v1/decide``, one stage per rate: requests are *scheduled* at
+   ``i / rate`` (open loop: a slow answer does not delay the next request), at most ``--seconds`` of schedule and
+   ``--max-requests`` requests per stage, each with a ``--timeout-s`` deadline. At most ``--max-inflight``
+   requests wait for an answer at once (one connection each); a request due while the cap is reached is *shed*
+   (counted, not sent), so an overloaded server cannot make the client queue without bound. Latency is measured
+   from the scheduled time (so client lag counts), and also from the actual send.
+
+The client (``--client``): ``raw`` (default), a minimal HTTP/1.1 keep-alive client on asyncio streams with
+bodies encoded once, or ``httpx`` (what earlier runs used; its per-request CPU made the client, sharing the 2
+cores, the bottleneck). ``--client-procs N`` splits one schedule over N forked client processes (request ``i``
+goes to process ``i % N``). Each stage reports the client's CPU (in cores) and the server's CPU per answered
+request (its process tree, from /proc), so a saturated client or a starved server shows in the table.
+``--workers N`` starts ``tessera serve --workers N``.
 
 Prints a markdown table: achieved throughput, p50/p99/p99.9 per endpoint and rate, errors and degraded answers.
-``python bench/bench_serve.py [--rates 100,300,1000] [--seconds 10] [--rules-only]``.
+``python bench/bench_serve.py [--rates 100,300,1000] [--seconds 10] [--rules-only] [--workers 2]
+[--client raw|httpx] [--client-procs 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -165,7 +175,7 @@ def in_process_fetch(
 
 # ---- the server ----------------------------------------------------------------------------------------------
 def start_server(
-    port: int, memcached: list[str], bulk_path: Path, model_dir: Path, log: Path
+    port: int, memcached: list[str], bulk_path: Path, model_dir: Path, log: Path, workers: int = 1
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "TESSERA_API_TOKEN"}
     env.update(
@@ -185,6 +195,8 @@ def start_server(
         str(port),
     ]
     cmd += ["--model-dir", str(model_dir)]
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
@@ -202,6 +214,65 @@ def start_server(
 
 
 # ---- the load ------------------------------------------------------------------------------------------------
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: one request per connection at a time, bodies
+    encoded once up front. It costs the client a fraction of httpx's CPU per request, which matters when the
+    client shares 2 cores with the server."""
+
+    def __init__(self, port: int, max_connections: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.max_connections = max_connections
+
+    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = conn
+        try:
+            async with asyncio.timeout(timeout):
+                writer.write(
+                    b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                content = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if len(self.idle) < self.max_connections:
+            self.idle.append(conn)
+        else:
+            writer.close()
+        return status, content
+
+    async def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class HttpxClient:
+    """The same interface over ``httpx.AsyncClient`` (the client earlier runs used)."""
+
+    def __init__(self, port: int, max_connections: int) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits)
+
+    async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        resp = await self.client.post(
+            path, content=body, headers={"content-type": "application/json"}, timeout=timeout
+        )
+        return resp.status_code, resp.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
 @dataclass
 class Stage:
     endpoint: str
@@ -216,6 +287,21 @@ class Stage:
     service_ms: list[float] = field(default_factory=list)  # from the actual send
     max_lag_ms: float = 0.0
     elapsed_s: float = 0.0
+    client_cpu_s: float = 0.0  # CPU seconds of the client process(es) during the stage
+    server_cpu_s: float = 0.0  # CPU seconds of the server's processes during the stage
+
+    def merge(self, other: Stage) -> None:
+        self.scheduled += other.scheduled
+        self.shed += other.shed
+        self.ok += other.ok
+        self.errors += other.errors
+        self.degraded += other.degraded
+        self.fallback += other.fallback
+        self.latency_ms += other.latency_ms
+        self.service_ms += other.service_ms
+        self.max_lag_ms = max(self.max_lag_ms, other.max_lag_ms)
+        self.elapsed_s = max(self.elapsed_s, other.elapsed_s)
+        self.client_cpu_s += other.client_cpu_s
 
     def row(self) -> dict[str, Any]:
         return {
@@ -233,24 +319,29 @@ class Stage:
             "p999": _pct(self.latency_ms, 0.999),
             "send_p99": _pct(self.service_ms, 0.99),
             "max_lag": self.max_lag_ms,
+            "client_cores": self.client_cpu_s / self.elapsed_s if self.elapsed_s else 0.0,
+            "server_ms_per_req": 1e3 * self.server_cpu_s / self.ok if self.ok else float("nan"),
         }
 
 
 async def run_stage(
-    client: httpx.AsyncClient,
+    client: RawClient | HttpxClient,
     path: str,
-    bodies: list[dict[str, Any]],
+    bodies: list[bytes],
     rate: int,
-    seconds: float,
-    max_requests: int,
+    n: int,
+    start_wall: float,
     timeout_s: float,
     max_inflight: int,
+    share: tuple[int, int] = (0, 1),
 ) -> Stage:
+    """Requests ``i`` of ``range(n)`` with ``i % share[1] == share[0]``, each scheduled at ``start_wall + i /
+    rate`` (wall clock, so several client processes keep one schedule)."""
     stage = Stage(path, rate)
     inflight = 0
-    n = max(1, min(int(rate * seconds), max_requests))
     loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.05
+    t0 = loop.time() + (start_wall - time.time())
+    cpu0 = time.process_time()
 
     async def one(i: int, at: float) -> None:
         nonlocal inflight
@@ -258,33 +349,34 @@ async def run_stage(
         stage.max_lag_ms = max(stage.max_lag_ms, (sent - at) * 1e3)
         inflight += 1
         try:
-            resp = await client.post(path, json=bodies[i % len(bodies)], timeout=timeout_s)
-        except httpx.HTTPError:
+            status, content = await client.post(path, bodies[i % len(bodies)], timeout_s)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, httpx.HTTPError):
             stage.errors += 1
             return
         finally:
             inflight -= 1
         done = loop.time()
-        if resp.status_code != 200:
+        if status != 200:
             stage.errors += 1
             return
         stage.ok += 1
-        stage.degraded += b'"degraded":true' in resp.content
-        stage.fallback += b'"model_fallback"' in resp.content
+        stage.degraded += b'"degraded":true' in content
+        stage.fallback += b'"model_fallback"' in content
         stage.latency_ms.append((done - at) * 1e3)
         stage.service_ms.append((done - sent) * 1e3)
 
     tasks: list[asyncio.Task[None]] = []
-    for i in range(n):
+    k, every = share
+    for i in range(k, n, every):
         at = t0 + i / rate
         delay = at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        stage.scheduled += 1
         if inflight >= max_inflight:  # open loop with a bounded client: shed instead of queueing without end
             stage.shed += 1
             continue
         tasks.append(asyncio.create_task(one(i, at)))
-    stage.scheduled = n
     pending: set[asyncio.Task[None]] = set()
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=timeout_s + 1.0)
@@ -292,36 +384,156 @@ async def run_stage(
         t.cancel()
         stage.errors += 1
     stage.elapsed_s = loop.time() - t0
+    stage.client_cpu_s = time.process_time() - cpu0
     return stage
 
 
-async def drive(
+def _client(kind: str, port: int, connections: int) -> RawClient | HttpxClient:
+    return RawClient(port, connections) if kind == "raw" else HttpxClient(port, connections)
+
+
+async def _one_client_stage(
+    kind: str,
     port: int,
-    bodies: list[dict[str, Any]],
+    path: str,
+    bodies: list[bytes],
+    rate: int,
+    n: int,
+    start_wall: float,
+    timeout_s: float,
+    max_inflight: int,
+    share: tuple[int, int],
+) -> Stage:
+    client = _client(kind, port, max_inflight)
+    try:
+        for body in bodies[:4]:  # open a few connections before the schedule starts
+            with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError, httpx.HTTPError):
+                await client.post(path, body, timeout_s)
+        return await run_stage(client, path, bodies, rate, n, start_wall, timeout_s, max_inflight, share)
+    finally:
+        await client.close()
+
+
+def _child_stage(q: Any, *args: Any) -> None:
+    try:
+        q.put(asyncio.run(_one_client_stage(*args)))
+    except BaseException as e:  # the parent reports it instead of waiting for a result that never comes
+        q.put(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(d.name)] = int(fields[1])
+        cpu[int(d.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+def stage(
+    kind: str,
+    procs: int,
+    port: int,
+    server_pid: int,
+    path: str,
+    bodies: list[bytes],
+    rate: int,
+    seconds: float,
+    max_requests: int,
+    timeout_s: float,
+    max_inflight: int,
+) -> Stage:
+    """One open-loop stage from ``procs`` client processes (each every ``procs``-th request of one schedule,
+    with ``max_inflight / procs`` connections)."""
+    n = max(1, min(int(rate * seconds), max_requests))
+    per = max(1, max_inflight // procs)
+    start_wall = time.time() + (0.3 if procs == 1 else 1.5)
+    cpu0 = _tree_cpu_s(server_pid)
+    if procs == 1:
+        st = asyncio.run(
+            _one_client_stage(kind, port, path, bodies, rate, n, start_wall, timeout_s, per, (0, 1))
+        )
+    else:
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        children = [
+            ctx.Process(
+                target=_child_stage,
+                args=(q, kind, port, path, bodies, rate, n, start_wall, timeout_s, per, (k, procs)),
+            )
+            for k in range(procs)
+        ]
+        for c in children:
+            c.start()
+        parts = [q.get(timeout=seconds + timeout_s + 60) for _ in children]
+        for c in children:
+            c.join(10)
+        st = Stage(path, rate)
+        for part in parts:
+            if isinstance(part, str):
+                raise RuntimeError(f"a client process failed: {part}")
+            st.merge(part)
+    st.server_cpu_s = _tree_cpu_s(server_pid) - cpu0
+    return st
+
+
+def drive(
+    port: int,
+    server_pid: int,
+    requests: list[dict[str, Any]],
     rates: list[int],
     seconds: float,
     max_requests: int,
     timeout_s: float,
     max_inflight: int,
+    client: str = "raw",
+    client_procs: int = 1,
+    endpoints: tuple[str, ...] = ("features", "decide"),
 ) -> list[Stage]:
-    limits = httpx.Limits(max_connections=max_inflight, max_keepalive_connections=max_inflight)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
-        stages: list[Stage] = []
-        for path in (f"/v1/features/{JOIN}", "/v1/decide"):
-            await run_stage(client, path, bodies, 50, 2.0, 100, timeout_s, max_inflight)  # warm-up
-            for rate in rates:
-                st = await run_stage(
-                    client, path, bodies, rate, seconds, max_requests, timeout_s, max_inflight
-                )
-                r = st.row()
-                print(
-                    f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
-                    f"errors {r['errors']}, shed {r['shed']}",
-                    flush=True,
-                )
-                stages.append(st)
-                await asyncio.sleep(1.0)
-        return stages
+    bodies = [json.dumps(r, separators=(",", ":")).encode() for r in requests]
+    paths = {"features": f"/v1/features/{JOIN}", "decide": "/v1/decide"}
+    stages: list[Stage] = []
+    for path in (paths[e] for e in endpoints):
+        stage(client, 1, port, server_pid, path, bodies, 50, 2.0, 100, timeout_s, max_inflight)  # warm-up
+        for rate in rates:
+            st = stage(
+                client,
+                client_procs,
+                port,
+                server_pid,
+                path,
+                bodies,
+                rate,
+                seconds,
+                max_requests,
+                timeout_s,
+                max_inflight,
+            )
+            r = st.row()
+            print(
+                f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                f"errors {r['errors']}, shed {r['shed']}, server CPU {r['server_ms_per_req']:.2f} ms/req, "
+                f"client {r['client_cores']:.2f} cores, load {_load_average()}",
+                flush=True,
+            )
+            stages.append(st)
+            time.sleep(1.0)
+    return stages
 
 
 def _load_average() -> str:
@@ -343,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--fetch-n", type=int, default=500, help="in-process fetches timed")
     parser.add_argument("--rules-only", action="store_true", help="no model: /v1/decide runs the rules only")
+    parser.add_argument("--workers", type=int, default=1, help="tessera serve --workers")
+    parser.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw", help="load client: raw asyncio HTTP/1.1 or httpx"
+    )
+    parser.add_argument("--client-procs", type=int, default=1, help="client processes sharing one schedule")
+    parser.add_argument("--endpoints", default="features,decide", help="which endpoints to drive")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
 
@@ -379,12 +597,20 @@ def main(argv: list[str] | None = None) -> int:
             bulk.close()
             stream.close()
             port = free_port()
-            proc = start_server(port, addrs, bulk_path, model_dir, tmp / "serve.log")
+            proc = start_server(port, addrs, bulk_path, model_dir, tmp / "serve.log", args.workers)
             load_before = _load_average()
-            stages = asyncio.run(
-                drive(
-                    port, requests, rates, args.seconds, args.max_requests, args.timeout_s, args.max_inflight
-                )
+            stages = drive(
+                port,
+                proc.pid,
+                requests,
+                rates,
+                args.seconds,
+                args.max_requests,
+                args.timeout_s,
+                args.max_inflight,
+                client=args.client,
+                client_procs=args.client_procs,
+                endpoints=tuple(e.strip() for e in args.endpoints.split(",") if e.strip()),
             )
             load_after = _load_average()
     finally:
@@ -404,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"settings: {len(requests)} entities, 3 memcached nodes, embedded bulk store, "
-        f"{'rules only' if args.rules_only else 'rules + xgboost model'}, uvicorn 1 worker, "
+        f"{'rules only' if args.rules_only else 'rules + xgboost model'}, uvicorn {args.workers} worker(s), "
+        f"client {args.client} × {args.client_procs} process(es), "
         f"{args.seconds:g} s or {args.max_requests} requests per stage, timeout {args.timeout_s:g} s, at most {args.max_inflight} in flight"
     )
     print(
@@ -414,15 +641,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| endpoint | target req/s | achieved req/s | requests | errors | shed | degraded | model fallback | p50 ms | p99 ms | p99.9 ms "
-        "| p99 from send ms | max client lag ms |"
+        "| p99 from send ms | max client lag ms | server CPU ms/req | client cores |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     for st in stages:
         r = st.row()
         print(
             f"| `POST {r['endpoint']}` | {r['rate']:,} | {r['achieved']:,.0f} | {r['requests']:,} | {r['errors']} | {r['shed']} | "
             f"{r['degraded']} | {r['fallback']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['send_p99']:.1f} | "
-            f"{r['max_lag']:.1f} |"
+            f"{r['max_lag']:.1f} | {r['server_ms_per_req']:.2f} | {r['client_cores']:.2f} |"
         )
     return 0
 

@@ -8,23 +8,48 @@ The request body of each Join is a model generated from the Join's left schema, 
 exactly which fields a caller sends. A store that is down or slow never turns into a 5xx: the vector comes back
 ``degraded`` with per-part ``errors``. When a token is configured every route but ``/healthz`` needs
 ``Authorization: Bearer <token>``.
+
+Per request, the hot routes keep the framework's work small: the body is validated by its pydantic model, but
+the answer (~160 values) is written as JSON bytes directly (``orjson`` when installed, else the standard
+library; NaN and infinities become null either way) instead of building and re-validating the response models,
+which stay in the OpenAPI document. ``blocking="inline"`` (the default) runs fetch and decision in the event
+loop's thread: both are CPU-bound Python, so a worker thread only adds two thread switches per request; a slow
+store is bounded by the fetch's own budgets. ``blocking="threads"`` runs them in at most ``threads`` worker
+threads instead, which overlaps one request's waits (store round trips, thread wake-ups) with another's work.
+
+Several server processes (``tessera serve --workers N``) each have their own fetcher and caches. ``/metrics``
+is then prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the workers start):
+counters and histograms are summed over the workers, the cache gauges summed over the live workers; each worker
+refreshes its cache gauges at most once a second while it serves.
 """
 
+import importlib
+import json
 import math
+import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from features.plan import JoinPlan, Plan
 from serving.fetcher import FeatureVector, Fetcher
 from serving.scoring import Decider
+
+_orjson: Any
+try:  # a faster encoder of the same JSON (``pip install orjson``); optional
+    _orjson = importlib.import_module("orjson")
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
 
 #: Query times the stores can address (period starts are signed 64-bit milliseconds).
 MAX_AT_MS = 2**62
@@ -64,12 +89,33 @@ class ReasonOut(BaseModel):
     contribution: float | None = None
 
 
+_REASON_FIELDS = tuple(ReasonOut.model_fields)
+
+
 class DecisionResponse(BaseModel):
     action: str = Field(description="approve, review or decline")
     score: float | None = Field(description="the model's fraud probability; null when rules decided alone")
     reasons: list[ReasonOut]
     flags: list[str] = Field(description="e.g. model_fallback, features_degraded")
     features: FeaturesResponse
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes; NaN and infinities become null, map keys strings, numpy scalars numbers."""
+    if _orjson is not None:
+        return _orjson.dumps(obj, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY)
+    return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False, default=_plain).encode()
+
+
+def _plain(v: Any) -> Any:
+    item = getattr(v, "item", None)  # numpy scalars and 0-d arrays
+    if item is not None:
+        return _clean(item())
+    raise TypeError(f"not JSON serializable: {type(v).__name__}")
+
+
+def _json_response(obj: Any) -> Response:
+    return Response(content=dumps(obj), media_type="application/json")
 
 
 def _clean(v: Any) -> Any:
@@ -127,7 +173,33 @@ class _Metrics:
             "Decisions made by rules alone because the model failed or timed out",
             registry=r,
         )
-        self.cache = Gauge("tessera_cache", "Fetcher cache counters", ["cache", "kind"], registry=r)
+        self.cache = Gauge(
+            "tessera_cache",
+            "Fetcher cache counters (summed over live workers)",
+            ["cache", "kind"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._cache_set_at = 0.0
+
+    def set_cache(self, stats: Mapping[str, int], *, every_s: float = 0.0) -> None:
+        """Copy the fetcher's cache counters into the gauge (at most every ``every_s`` seconds)."""
+        now = time.monotonic()
+        if now - self._cache_set_at < every_s:
+            return
+        self._cache_set_at = now
+        for name, value in stats.items():
+            cache, _, kind = name.partition("_")
+            self.cache.labels(cache, kind).set(value)
+
+    def exposition(self) -> bytes:
+        """The text format: this process's registry, or every worker's (multiprocess mode)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)
 
 
 def create_app(
@@ -137,8 +209,14 @@ def create_app(
     *,
     token: str | None = None,
     decide_join: str = "fraud_v1",
+    blocking: Literal["inline", "threads"] = "inline",
+    threads: int = 4,
 ) -> FastAPI:
-    """The API over one plan's online Joins. ``decider`` None: ``/v1/decide`` answers 503."""
+    """The API over one plan's online Joins. ``decider`` None: ``/v1/decide`` answers 503. ``blocking``: where
+    fetch and decision run (module docstring)."""
+    if blocking not in ("inline", "threads"):
+        raise ValueError(f"blocking={blocking!r}: expected inline or threads")
+    limiter = anyio.CapacityLimiter(max(1, threads))
     app = FastAPI(
         title="tessera",
         version="0.1.0",
@@ -149,7 +227,7 @@ def create_app(
     app.state.metrics = metrics
     joins = {j.name: j for j in plan.joins if j.online}
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: no thread hop for a header check
         if token is None:
             return
         header = request.headers.get("authorization", "")
@@ -171,40 +249,47 @@ def create_app(
             metrics.degraded.labels(join.name).inc()
         if vector.stale:
             metrics.stale.labels(join.name).inc()
+        if metrics.multiprocess:  # other workers' scrapes read this worker's gauges from its files
+            metrics.set_cache(fetcher.cache_stats(), every_s=1.0)
         return vector
 
-    def features_out(vector: FeatureVector) -> FeaturesResponse:
-        return FeaturesResponse(
-            join=vector.join,
-            at_ms=vector.at_ms,
-            values=_clean(vector.values),
-            errors=vector.errors,
-            degraded=vector.degraded,
-            stale=vector.stale,
-            timings_ms=_clean(vector.timings_ms),
-        )
+    def features_out(vector: FeatureVector) -> dict[str, Any]:
+        """The :class:`FeaturesResponse` fields, as plain values for :func:`dumps`."""
+        return {
+            "join": vector.join,
+            "at_ms": vector.at_ms,
+            "values": vector.values,
+            "errors": vector.errors,
+            "degraded": vector.degraded,
+            "stale": vector.stale,
+            "timings_ms": vector.timings_ms,
+        }
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        if blocking == "inline":
+            return fn(*args)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
-        """Liveness: the process answers and knows its plan."""
-        return {"status": "ok", "plan": plan.plan_hash, "joins": sorted(joins)}
+        """Liveness: the process answers and knows its plan (``pid``: which server process answered)."""
+        return {"status": "ok", "plan": plan.plan_hash, "joins": sorted(joins), "pid": os.getpid()}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, dependencies=[Depends(authorize)])
     def prometheus() -> PlainTextResponse:
         """Prometheus metrics: latency histograms, store errors, degraded/stale counts, cache counters."""
-        for name, value in fetcher.cache_stats().items():
-            cache, _, kind = name.partition("_")
-            metrics.cache.labels(cache, kind).set(value)
-        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
+        metrics.set_cache(fetcher.cache_stats())
+        return PlainTextResponse(metrics.exposition().decode(), media_type=CONTENT_TYPE_LATEST)
 
     at_query = Query(None, ge=0, le=MAX_AT_MS, description="query time, epoch ms (default: now)")
 
-    def features_endpoint(join: JoinPlan) -> Callable[..., FeaturesResponse]:
+    def features_endpoint(join: JoinPlan) -> Callable[..., Awaitable[Response]]:
         # No postponed annotations in this module: FastAPI reads the generated body model from the signature.
         model = request_model(join)
 
-        def endpoint(body: model, at_ms: int | None = at_query) -> FeaturesResponse:  # type: ignore[valid-type]
-            return features_out(fetch(join, body.model_dump(), at_ms))  # type: ignore[attr-defined]
+        async def endpoint(body: model, at_ms: int | None = at_query) -> Response:  # type: ignore[valid-type]
+            vector = await call(fetch, join, body.model_dump(), at_ms)  # type: ignore[attr-defined]
+            return _json_response(features_out(vector))
 
         return endpoint
 
@@ -225,7 +310,7 @@ def create_app(
         dependencies=[Depends(authorize)],
         include_in_schema=False,
     )
-    def unknown_join(join: str = Path(...)) -> FeaturesResponse:
+    async def unknown_join(join: str = Path(...)) -> FeaturesResponse:
         raise HTTPException(
             status_code=404, detail=f"no online Join named {join!r} (known: {', '.join(joins)})"
         )
@@ -240,11 +325,15 @@ def create_app(
             dependencies=[Depends(authorize)],
             summary=f"Fraud decision on Join {decide_join}",
         )
-        def decide(body: decide_model, at_ms: int | None = at_query) -> DecisionResponse:  # type: ignore[valid-type]
+        async def decide(body: decide_model, at_ms: int | None = at_query) -> Response:  # type: ignore[valid-type]
             if decider is None:
                 raise HTTPException(status_code=503, detail="no decision model is configured (tessera train)")
+            return await call(decide_now, body.model_dump(), at_ms)  # type: ignore[attr-defined]
+
+        def decide_now(request: Mapping[str, Any], at_ms: int | None) -> Response:
+            assert decider is not None
             started = time.perf_counter()
-            vector = fetch(joins[decide_join], body.model_dump(), at_ms)  # type: ignore[attr-defined]
+            vector = fetch(joins[decide_join], request, at_ms)
             decision = decider.decide(vector.values)
             flags = list(decision.flags)
             if vector.degraded:
@@ -256,13 +345,14 @@ def create_app(
             metrics.decisions.labels(decision.action).inc()
             metrics.decide_latency.observe(time.perf_counter() - started)
             score = decision.score if decision.score is None or math.isfinite(decision.score) else None
-            reasons = [ReasonOut(**_clean(r.__dict__)) for r in decision.reasons]
-            return DecisionResponse(
-                action=decision.action,
-                score=score,
-                reasons=reasons,
-                flags=flags,
-                features=features_out(vector),
+            return _json_response(
+                {
+                    "action": decision.action,
+                    "score": score,
+                    "reasons": [{f: getattr(r, f) for f in _REASON_FIELDS} for r in decision.reasons],
+                    "flags": flags,
+                    "features": features_out(vector),
+                }
             )
 
     return app

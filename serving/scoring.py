@@ -28,6 +28,7 @@ broken, raises or misses its budget gives a rules-only decision flagged ``model_
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures as cf
 import json
 import math
@@ -381,6 +382,13 @@ class Model:
 
 # ----------------------------------------------------------------------------------------------- decide
 
+#: ``placement="auto"``: calls run in the pool first, to learn how long the model takes.
+AUTO_WARMUP = 20
+#: ``placement="auto"``: the recent calls whose durations decide between inline and the pool.
+AUTO_WINDOW = 50
+#: ``placement="auto"``: inline only while every recent call took at most this fraction of the budget.
+AUTO_FAST_FRACTION = 0.25
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -413,9 +421,23 @@ class Decider:
 
     ``model`` is a model directory, a loaded :class:`Model`, or None (rules only). A directory that does not
     load is not an error: decisions are rules-only, flagged ``model_unavailable`` and ``model_fallback``
-    (``load_error`` says why). The model runs in a worker thread with ``timeout_ms``; a timeout or an
-    exception gives a rules-only decision flagged ``model_timeout``/``model_error`` and ``model_fallback``.
+    (``load_error`` says why). The model has a budget of ``timeout_ms``; a model that misses it or raises gives
+    a rules-only decision flagged ``model_timeout``/``model_error`` and ``model_fallback``.
     ``explain``: model contributions for review/decline decisions (``"flagged"``), always, or never.
+
+    ``placement`` says where the model runs:
+
+    * ``"pool"``: in a worker thread, waited for at most ``timeout_ms`` (a slow model is cut short: the
+      decision's latency is bounded by the budget).
+    * ``"inline"``: in the caller's thread, skipping the hand-over to a worker thread (two thread switches and
+      a lock; under CPU contention that hand-over costs more than a 0.2 ms prediction). A call that runs past
+      the budget cannot be cut short: its score is discarded and the decision is rules-only, flagged
+      ``model_timeout``, exactly as in the pool, but that one decision took as long as the model did.
+    * ``"auto"`` (what ``tessera serve`` uses): inline while the model is fast, the pool otherwise. The first
+      :data:`AUTO_WARMUP` calls run in the pool; after that a call runs inline if every call of the last
+      :data:`AUTO_WINDOW` took at most :data:`AUTO_FAST_FRACTION` of the budget. An inline call that takes
+      longer sends the model back to the pool (bounded) until it is fast again, so at most one decision per
+      slowdown overruns the budget.
     """
 
     def __init__(
@@ -427,8 +449,15 @@ class Decider:
         top_k: int = 3,
         explain: Literal["flagged", "always", "never"] = "flagged",
         workers: int = 2,
+        placement: Literal["pool", "inline", "auto"] = "pool",
     ):
+        if placement not in ("pool", "inline", "auto"):
+            raise ValueError(f"placement={placement!r}: expected pool, inline or auto")
         self.rules = rules if rules is not None else Rules.empty()
+        self.placement = placement
+        self.inline_calls = 0
+        self.pool_calls = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=AUTO_WINDOW)
         self.timeout_ms = timeout_ms
         self.top_k = top_k
         self.explain = explain
@@ -455,12 +484,42 @@ class Decider:
     def _run_model(self, x: np.ndarray, rule_action: Action) -> tuple[float, Action, list[Contribution]]:
         model = self.model
         assert model is not None
+        started = time.perf_counter()
         score = float(model.score_matrix(x[None, :])[0])
         model_action = model.thresholds.action(score)
         final = max(rule_action, model_action, key=SEVERITY.__getitem__)
         want = self.explain == "always" or (self.explain == "flagged" and final != "approve")
         contribs = model.contributions(x, self.top_k) if want and self.top_k > 0 else []
+        self._recent.append(time.perf_counter() - started)
         return score, model_action, contribs
+
+    def _inline_now(self) -> bool:
+        """Whether this call runs in the caller's thread (see ``placement``)."""
+        if self.placement != "auto":
+            return self.placement == "inline"
+        recent = self._recent
+        if self.pool_calls + self.inline_calls < AUTO_WARMUP or not recent:
+            return False
+        return max(recent) <= AUTO_FAST_FRACTION * self.timeout_ms / 1000.0
+
+    def _model(self, x: np.ndarray, rule_action: Action) -> tuple[float, Action, list[Contribution]]:
+        """The model's answer within the budget; raises ``cf.TimeoutError`` when it missed it."""
+        budget = self.timeout_ms / 1000.0
+        if self._inline_now():
+            self.inline_calls += 1
+            started = time.perf_counter()
+            result = self._run_model(x, rule_action)
+            if time.perf_counter() - started > budget:
+                raise cf.TimeoutError()  # too late to use: the same rules-only decision as a cut-short call
+            return result
+        self.pool_calls += 1
+        future = self._pool.submit(self._run_model, x, rule_action)
+        try:
+            return future.result(timeout=budget)
+        except cf.TimeoutError:
+            future.cancel()
+            self._recent.append(budget)  # a call that never came back counts as slow
+            raise
 
     def decide(self, vector: Mapping[str, Any]) -> Decision:
         started = time.perf_counter()
@@ -477,10 +536,8 @@ class Decider:
         else:
             try:
                 x = self.model.vectorizer.vector(vector)
-                future = self._pool.submit(self._run_model, x, rule_action)
-                score, model_action, contribs = future.result(timeout=self.timeout_ms / 1000.0)
+                score, model_action, contribs = self._model(x, rule_action)
             except cf.TimeoutError:
-                future.cancel()
                 flags += ["model_timeout", "model_fallback"]
             except Exception as e:
                 flags += ["model_error", "model_fallback"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -238,10 +240,67 @@ def serve(
     model_dir: Path | None = typer.Option(None, help="fraud model (default: $TESSERA_MODEL_DIR)"),
     rules: Path | None = typer.Option(None, help="rules file (TOML); default: the built-in rules"),
     decide_join: str = typer.Option("fraud_v1", help="the Join /v1/decide scores"),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="server processes (uvicorn workers) sharing the port; each has its own fetcher and caches, "
+        "and /metrics sums them (prometheus_client multiprocess mode)",
+    ),
+    blocking: str = typer.Option(
+        "inline", help="where fetch and decision run: inline (the event loop's thread) or threads (a pool)"
+    ),
+    threads: int = typer.Option(4, min=1, help="with --blocking threads: worker threads per process"),
 ) -> None:
     """The HTTP API: POST /v1/features/{join}, POST /v1/decide, GET /healthz, GET /metrics."""
     import uvicorn
 
+    from tessera.config import Settings
+
+    if blocking not in ("inline", "threads"):
+        raise typer.BadParameter(f"{blocking!r}: expected inline or threads", param_hint="--blocking")
+    settings = Settings.from_env()
+    repo = path or settings.repo
+    p = _plan_or_exit(repo)  # checked once here, so a broken repo fails before any worker starts
+    bind = host or settings.api_host
+    bind_port = port or settings.api_port
+    os.environ.update(
+        {
+            _SERVE_REPO: str(repo),
+            _SERVE_MODEL: str(model_dir or settings.model_dir),
+            _SERVE_RULES: str(rules or ""),
+            _SERVE_JOIN: decide_join,
+            _SERVE_BLOCKING: blocking,
+            _SERVE_THREADS: str(threads),
+        }
+    )
+    console.print(f"tessera API on http://{bind}:{bind_port} (plan {p.plan_hash}, {workers} worker(s))")
+    if workers == 1:
+        uvicorn.run(serve_app(), host=bind, port=bind_port, log_level="warning")
+        return
+    import tempfile
+
+    # Metrics from every worker: prometheus_client reads this before the workers import it.
+    metrics_dir = Path(
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="tessera-metrics-")
+    )
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):  # values of an earlier run's workers
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    uvicorn.run(
+        "tessera.cli:serve_app", factory=True, workers=workers, host=bind, port=bind_port, log_level="warning"
+    )
+
+
+_SERVE_REPO, _SERVE_MODEL = "TESSERA_SERVE_REPO", "TESSERA_SERVE_MODEL_DIR"
+_SERVE_RULES, _SERVE_JOIN = "TESSERA_SERVE_RULES", "TESSERA_SERVE_DECIDE_JOIN"
+_SERVE_BLOCKING, _SERVE_THREADS = "TESSERA_SERVE_BLOCKING", "TESSERA_SERVE_THREADS"
+
+
+def serve_app() -> Any:
+    """The API app of ``tessera serve`` (each worker process builds its own from the environment ``serve``
+    set): the plan, the stores of ``Settings``, the rules and the model (inline when fast, see
+    :class:`serving.scoring.Decider`)."""
     from serving.api import create_app
     from serving.fetcher import Fetcher
     from serving.rules import Rules
@@ -250,18 +309,28 @@ def serve(
     from tessera.stores import open_bulk, open_stream
 
     settings = Settings.from_env()
-    p = _plan_or_exit(path or settings.repo)
+    p = compile_repo(load_repo(Path(os.environ.get(_SERVE_REPO) or settings.repo)))
     fetcher = Fetcher(p, (open_bulk(settings.bulk_store), open_stream(settings.memcached)))
+    decide_join = os.environ.get(_SERVE_JOIN) or "fraud_v1"
     decider = None
     if decide_join in {j.name for j in p.joins}:
         schema = p.join(decide_join).output_schema
-        rule_set = Rules.load(rules, schema) if rules else Rules.default(schema)
-        model = model_dir or settings.model_dir
-        decider = Decider(model if Path(model).exists() else None, rule_set)
-    app_ = create_app(p, fetcher, decider, token=settings.api_token, decide_join=decide_join)
-    bind = host or settings.api_host
-    console.print(f"tessera API on http://{bind}:{port or settings.api_port} (plan {p.plan_hash})")
-    uvicorn.run(app_, host=bind, port=port or settings.api_port, log_level="warning")
+        rules = os.environ.get(_SERVE_RULES)
+        rule_set = Rules.load(Path(rules), schema) if rules else Rules.default(schema)
+        model = Path(os.environ.get(_SERVE_MODEL) or settings.model_dir)
+        decider = Decider(model if model.exists() else None, rule_set, placement="auto")
+    blocking = os.environ.get(_SERVE_BLOCKING) or "inline"
+    if blocking not in ("inline", "threads"):
+        raise ValueError(f"--blocking {blocking!r}: expected inline or threads")
+    return create_app(
+        p,
+        fetcher,
+        decider,
+        token=settings.api_token,
+        decide_join=decide_join,
+        blocking="threads" if blocking == "threads" else "inline",
+        threads=int(os.environ.get(_SERVE_THREADS) or 4),
+    )
 
 
 @app.command()

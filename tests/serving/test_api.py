@@ -4,11 +4,13 @@ any input the OpenAPI schema allows)."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,7 +22,7 @@ from features.windows import DAY_MS, HOUR_MS, align
 from kvstore.embedded import EmbeddedBulkStore
 from kvstore.memcached import MemcachedStore
 from kvstore.services import start_memcached_cluster
-from serving.api import create_app
+from serving.api import DecisionResponse, FeaturesResponse, create_app
 from serving.fetcher import Fetcher
 from serving.loader import project, write_batch, write_stream
 from serving.rules import Rules
@@ -84,6 +86,7 @@ def test_features_equal_the_reference(world: dict[str, Any], client: TestClient)
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert not body["degraded"] and body["errors"] == {}
+        FeaturesResponse.model_validate_json(resp.content)  # the bytes written directly obey the schema
         want = join_features(join, world["indexes"], [req])[0]
         assert list(body["values"]) == list(join.output_schema)
         for col, w in want.items():
@@ -105,6 +108,30 @@ def test_decide_gives_an_action_with_reasons(world: dict[str, Any], client: Test
     body = resp.json()
     assert body["action"] in {"approve", "review", "decline"}
     assert "features" in body and body["features"]["join"] == "fraud_v1"
+    DecisionResponse.model_validate_json(resp.content)
+    hit = client.post("/v1/decide", json={**req, "card_id": None}, params={"at_ms": req["ts"]})
+    assert hit.status_code == 200 and DecisionResponse.model_validate_json(hit.content)
+
+
+def test_json_is_the_same_with_and_without_orjson(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.api as api
+
+    vector = world["fetcher"].fetch("fraud_v1", world["requests"][0])
+    body = {
+        "values": {**vector.values, "nan": float("nan"), "inf": float("inf"), "map": {1: 2.5}},
+        "n": np.float64(1.5),
+        "k": np.int64(3),
+        "t": (1, 2),
+    }
+    fast = api.dumps(body)
+    monkeypatch.setattr(api, "_orjson", None)
+    plain = api.dumps(body)
+    assert json.loads(fast) == json.loads(plain)
+    parsed = json.loads(plain)
+    assert parsed["values"]["nan"] is None and parsed["values"]["inf"] is None
+    assert parsed["values"]["map"] == {"1": 2.5} and parsed["n"] == 1.5 and parsed["k"] == 3
 
 
 def test_unknown_join_and_bad_input(world: dict[str, Any], client: TestClient) -> None:
@@ -168,6 +195,22 @@ def test_schemathesis_finds_no_server_error(world: dict[str, Any]) -> None:
             continue
     assert len(calls) >= 40 and {200, 422} <= set(calls), sorted(set(calls))
     assert not failures, failures[:5]
+
+
+def test_thread_pool_mode_gives_the_same_answers(world: dict[str, Any], client: TestClient) -> None:
+    pooled = TestClient(create_app(world["plan"], world["fetcher"], world["decider"], blocking="threads"))
+    for req in world["requests"][:3]:
+        at = {"at_ms": req["ts"]}
+        a = client.post("/v1/features/fraud_v1", json=req, params=at).json()
+        b = pooled.post("/v1/features/fraud_v1", json=req, params=at).json()
+        assert a["values"] == b["values"] and not b["degraded"]
+        d = pooled.post("/v1/decide", json=req, params=at)
+        assert (
+            d.status_code == 200
+            and d.json()["action"] == client.post("/v1/decide", json=req, params=at).json()["action"]
+        )
+    with pytest.raises(ValueError, match="blocking"):
+        create_app(world["plan"], world["fetcher"], world["decider"], blocking="nope")  # type: ignore[arg-type]
 
 
 def test_a_dead_node_degrades_the_answer_not_the_status(world: dict[str, Any]) -> None:

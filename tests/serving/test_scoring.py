@@ -25,6 +25,7 @@ from features.reference import GroupByIndex, join_features
 from features.synthetic import generate
 from serving.rules import DEFAULT_RULES_PATH, Rules, RulesError
 from serving.scoring import (
+    AUTO_WARMUP,
     MANIFEST_FILE,
     MODEL_FILE,
     Decider,
@@ -371,6 +372,46 @@ def test_model_timeout_and_error_fall_back_to_rules(
         model.score_matrix = boom  # type: ignore[method-assign]
         e = decider.decide(rows[0])
         assert e.action == "approve" and {"model_error", "model_fallback"} <= set(e.flags)
+
+
+def test_inline_and_auto_placement_keep_the_fallback_semantics(
+    trained: TrainResult, join: JoinPlan, rows: list[dict[str, Any]]
+) -> None:
+    """In the caller's thread the model gives the same decisions; a call past the budget is discarded
+    (rules only, ``model_timeout``) and ``auto`` then moves the model back to the pool, which bounds latency."""
+    rules = Rules.default(join.output_schema)
+    with Decider(Model.load(trained.out_dir), rules, timeout_ms=5_000) as pool:
+        want = [pool.decide(r) for r in rows[: AUTO_WARMUP + 5]]
+    model = Model.load(trained.out_dir)
+    real = model.score_matrix
+
+    def slow(X: np.ndarray) -> np.ndarray:
+        time.sleep(0.6)
+        return real(X)
+
+    with Decider(model, rules, timeout_ms=400, placement="inline") as inline:
+        got = [inline.decide(r) for r in rows[: AUTO_WARMUP + 5]]
+        assert [(d.action, d.score) for d in got] == [(d.action, d.score) for d in want]
+        assert inline.inline_calls == len(got) and inline.pool_calls == 0
+        model.score_matrix = slow  # type: ignore[method-assign]
+        d = inline.decide({**rows[0], "card_amount_usd_count_10m": 20})
+        assert (
+            d.score is None and d.action == "decline" and {"model_timeout", "model_fallback"} <= set(d.flags)
+        )
+        model.score_matrix = real  # type: ignore[method-assign]
+
+    with Decider(model, rules, timeout_ms=400, placement="auto") as auto:
+        got = [auto.decide(r) for r in rows[: AUTO_WARMUP + 5]]
+        assert [(d.action, d.score) for d in got] == [(d.action, d.score) for d in want]
+        assert auto.pool_calls == AUTO_WARMUP and auto.inline_calls == 5  # fast model: inline after warm-up
+        model.score_matrix = slow  # type: ignore[method-assign]
+        first = auto.decide(rows[0])  # inline: cannot be cut short, but its late score is not used
+        assert first.score is None and {"model_timeout", "model_fallback"} <= set(first.flags)
+        started = time.perf_counter()
+        second = auto.decide(rows[0])  # back in the pool: bounded by the budget
+        assert time.perf_counter() - started < 0.55
+        assert second.score is None and "model_timeout" in second.flags
+        assert auto.inline_calls == 6 and auto.pool_calls == AUTO_WARMUP + 1
 
 
 def test_spec_roundtrip(join: JoinPlan) -> None:
