@@ -302,6 +302,7 @@ def serve_app() -> Any:
     set): the plan, the stores of ``Settings``, the rules and the model (inline when fast, see
     :class:`serving.scoring.Decider`)."""
     from serving.api import create_app
+    from serving.feature_log import FeatureLogger
     from serving.fetcher import Fetcher
     from serving.rules import Rules
     from serving.scoring import Decider
@@ -310,7 +311,10 @@ def serve_app() -> Any:
 
     settings = Settings.from_env()
     p = compile_repo(load_repo(Path(os.environ.get(_SERVE_REPO) or settings.repo)))
-    fetcher = Fetcher(p, (open_bulk(settings.bulk_store), open_stream(settings.memcached)))
+    logger = None
+    if settings.feature_log_sample > 0:  # served vectors for the consistency check, off the request path
+        logger = FeatureLogger(settings.feature_log, sample_rate=settings.feature_log_sample)
+    fetcher = Fetcher(p, (open_bulk(settings.bulk_store), open_stream(settings.memcached)), logger=logger)
     decide_join = os.environ.get(_SERVE_JOIN) or "fraud_v1"
     decider = None
     if decide_join in {j.name for j in p.joins}:
@@ -322,7 +326,7 @@ def serve_app() -> Any:
     blocking = os.environ.get(_SERVE_BLOCKING) or "inline"
     if blocking not in ("inline", "threads"):
         raise ValueError(f"--blocking {blocking!r}: expected inline or threads")
-    return create_app(
+    api = create_app(
         p,
         fetcher,
         decider,
@@ -331,6 +335,9 @@ def serve_app() -> Any:
         blocking="threads" if blocking == "threads" else "inline",
         threads=int(os.environ.get(_SERVE_THREADS) or 4),
     )
+    if logger is not None:  # write what is queued before the process exits
+        api.router.on_shutdown.append(logger.close)
+    return api
 
 
 @app.command()

@@ -19,6 +19,8 @@ Every variable has a default that works on one machine (loopback services, embed
 ``consistency`` use ``spark-submit`` |
 | ``TESSERA_FEATURE_LOG`` | ``<data dir>/feature_log`` | where served vectors are logged: a directory (partitioned
 parquet) or ``kafka://host:port/topic`` (landed into ``<data dir>/feature_log`` before a consistency check) |
+| ``TESSERA_FEATURE_LOG_SAMPLE`` | ``0.01`` | share of keys whose served vectors ``tessera serve`` logs (0 turns
+logging off) |
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Settings:
     model_dir: Path
     spark_master: str
     feature_log: str
+    feature_log_sample: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +68,7 @@ class Settings:
             model_dir=Path(e.get("TESSERA_MODEL_DIR", str(data / "model"))),
             spark_master=e.get("TESSERA_SPARK_MASTER", "local[2]"),
             feature_log=e.get("TESSERA_FEATURE_LOG", str(data / "feature_log")),
+            feature_log_sample=float(e.get("TESSERA_FEATURE_LOG_SAMPLE", "0.01")),
         )
 
 
@@ -83,4 +87,5 @@ ENV_VARS = (
     "TESSERA_MODEL_DIR",
     "TESSERA_SPARK_MASTER",
     "TESSERA_FEATURE_LOG",
+    "TESSERA_FEATURE_LOG_SAMPLE",
 )

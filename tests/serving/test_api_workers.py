@@ -54,6 +54,8 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
         TESSERA_BULK_STORE=f"embedded:{tmp_path / 'bulk'}",
         TESSERA_DATA_DIR=str(tmp_path),
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        TESSERA_FEATURE_LOG=str(tmp_path / "feature_log"),
+        TESSERA_FEATURE_LOG_SAMPLE="1",
     )
     log = (tmp_path / "serve.log").open("wb")
     cmd = [sys.executable, "-m", "tessera.cli", "serve", str(REPO), "--port", str(port), "--workers", "2"]
@@ -71,7 +73,13 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        yield {"url": url, "requests": requests, "at_ms": t}
+        yield {
+            "url": url,
+            "requests": requests,
+            "at_ms": t,
+            "proc": proc,
+            "log_dir": tmp_path / "feature_log",
+        }
     finally:
         proc.terminate()
         try:
@@ -111,3 +119,23 @@ def test_two_workers_serve_and_metrics_count_both(served: dict[str, Any]) -> Non
         if scraped_by == set(served_by):
             break
     assert scraped_by == set(served_by), (scraped_by, served_by)
+
+
+def test_every_worker_logs_what_it_served(served: dict[str, Any]) -> None:
+    """``TESSERA_FEATURE_LOG``: each worker logs its served vectors off the request path and writes what is
+    queued when the server stops, so the consistency check sees every sampled request."""
+    import pyarrow.parquet as pq
+
+    url, at = served["url"], {"at_ms": served["at_ms"]}
+    pids = set()
+    for req in served["requests"]:
+        with httpx.Client(base_url=url, timeout=10.0) as c:
+            pids.add(c.get("/healthz").json()["pid"])
+            assert c.post("/v1/features/fraud_v1", json=req, params=at).status_code == 200
+    proc = served["proc"]
+    proc.terminate()
+    proc.wait(30)
+    files = sorted(served["log_dir"].rglob("*.parquet"))
+    rows = pq.ParquetDataset(files).read() if files else None
+    assert rows is not None and rows.num_rows == len(served["requests"]), (files, pids)
+    assert set(rows.column("join").to_pylist()) == {"fraud_v1"}
