@@ -7,15 +7,15 @@ Per request, for every part of the Join (a GroupBy and the request's entity key)
   decoded states (and "no value" answers) live in a bounded in-process LRU keyed by ``(dataset, version, key)``;
   the published version (with its boundary, from the version's metadata record, :mod:`kvstore.meta`) is
   re-checked at most every ``version_check_s``.
-* **Stream**: the period values the GroupBy's :class:`~features.tiles.MergeProgram` names for the query time (a
+* **Stream**: the period values the GroupBy's :class:`~features.merge.MergeProgram` names for the query time (a
   bounded number whatever the window length), every stream dataset in one request: with memcached, one
   ``get_many`` per node touched (:meth:`~kvstore.memcached.MemcachedStore.multi_get_many`; an entity's values
   share a node). A tile that ended before the stream's watermark (the clock minus allowed lateness and the flush
   interval) no longer changes. Every period value read is kept (bounded LRU) with the time up to which its tiles
   are final: a fetch that needs only final tiles of it does not read it again, and one that does reuses the
   decoded tiles whose bytes did not change.
-* **Merge**: :meth:`features.tiles.MergeProgram.run` (the definition of :func:`features.tiles.merge_features`)
-  with a per-entity :class:`~features.tiles.EntityMemo` (bounded LRU keyed by GroupBy, entity and batch
+* **Merge**: :meth:`features.merge.MergeProgram.run` (the definition of :func:`features.merge.merge_features`)
+  with a per-entity :class:`~features.merge.EntityMemo` (bounded LRU keyed by GroupBy, entity and batch
   version): a window whose inputs did not change gives its previous values, and the fold over a window's batch
   part and final tiles is kept, so a fetch folds only the fresh tiles at the head. Then the Join's output names
   and derivations (:func:`features.sql.compile_expression`).
@@ -35,18 +35,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from features.merge import EntityMemo, MergeProgram, reuse_tiles
 from features.plan import GroupByPlan, JoinPartPlan, JoinPlan, Plan
 from features.sql import compile_expression
-from features.tiles import (
-    BatchState,
-    EntityMemo,
-    MergeProgram,
-    StateCodec,
-    Tile,
-    TileKey,
-    reuse_tiles,
-    tile_suffix,
-)
+from features.tiles import BatchState, StateCodec, Tile, TileKey, tile_suffix
 from features.windows import DAY_MS
 from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity

@@ -1,4 +1,4 @@
-"""The compiled merge (``features.tiles.MergeProgram``) with its per-entity memo gives exactly the values of the
+"""The compiled merge (``features.merge.MergeProgram``) with its per-entity memo gives exactly the values of the
 plain merge (``merge_features``): same fold order, so equal bit for bit, whatever changed between two fetches —
 the query time, fresh tiles, tiles that became final, a tile gone, a new batch version.
 
@@ -16,22 +16,12 @@ from typing import Any
 import pytest
 
 from features.compile import compile_repo
+from features.merge import EntityMemo, MergeProgram, merge_features
 from features.ops.base import results_close
 from features.plan import GroupByPlan
 from features.reference import row_function
 from features.synthetic import generate
-from features.tiles import (
-    EntityMemo,
-    MergeProgram,
-    StateCodec,
-    Tile,
-    TileKey,
-    _cover,
-    batch_state,
-    merge_features,
-    stream_reads,
-    tiles_from_rows,
-)
+from features.tiles import StateCodec, Tile, TileKey, _cover, batch_state, stream_reads, tiles_from_rows
 from features.windows import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, align, cover
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,16 +14,11 @@ from typing import Any
 import pytest
 
 from features.compile import compile_repo
+from features.merge import merge_features
 from features.plan import GroupByPlan
 from features.reference import GroupByIndex, row_function
 from features.synthetic import generate
-from features.tiles import (
-    StateCodec,
-    batch_state,
-    merge_features,
-    stream_reads,
-    tiles_from_rows,
-)
+from features.tiles import StateCodec, batch_state, stream_reads, tiles_from_rows
 from features.windows import DAY_MS, HOUR_MS, MINUTE_MS, align
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from features.compile import compile_repo
+from features.merge import merge_features
 from features.plan import GroupByPlan, Plan
 from features.reference import GroupByIndex, row_function
 from features.synthetic import generate
-from features.tiles import StateCodec, merge_features, tiles_from_rows
+from features.tiles import StateCodec, tiles_from_rows
 from features.windows import DAY_MS, align
 from kvstore.codec import KeyLayout, encode_entity
 from kvstore.embedded import EmbeddedBulkStore

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from features.merge import FetchResult, merge_features
 from features.plan import GroupByPlan
 from features.reference import GroupByIndex, row_function
-from features.tiles import FetchResult, StateCodec, Tile, TileKey, merge_features, stream_reads
+from features.tiles import StateCodec, Tile, TileKey, stream_reads
 from features.windows import DAY_MS, align, window_interval
 
 #: Reads period values ``(size, period start) -> bytes`` of one entity (a dict, or memcached).

@@ -1,7 +1,7 @@
 """The PyFlink tiling job end to end: a real broker (tansu), real memcached, the Flink mini-cluster.
 
 Seeded payments are replayed into a topic; the job (``flink_jobs.job``, bounded at the topic's end) tiles them into
-memcached; the test reads the period values back, merges them with ``features.tiles.merge_features`` (no batch
+memcached; the test reads the period values back, merges them with ``features.merge.merge_features`` (no batch
 state: the stream holds everything from the first day) and compares every feature with the reference fold over the
 events the job applied (all events minus those it routed to the late topic). Also: malformed and very late events
 are routed and counted without touching the values; a job killed with SIGKILL mid-stream and restarted from its
