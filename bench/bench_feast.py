@@ -362,7 +362,8 @@ def start_redis(log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_feast_server(repo: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    import httpx
+
+    from bench.bench_serve import wait_ready
 
     cmd = [
         str(FEAST_VENV / "bin" / "feast"),
@@ -381,18 +382,7 @@ def start_feast_server(repo: Path, port: int, log: Path) -> subprocess.Popen[byt
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"feast serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError(f"feast serve did not answer /health within 120 s:\n{log.read_text()[-3000:]}")
+    return wait_ready(proc, f"http://127.0.0.1:{port}/health", log, "feast serve", timeout_s=120)
 
 
 def complete_vector(fetcher: Any, request: dict[str, Any], tries: int = 5) -> dict[str, Any]:

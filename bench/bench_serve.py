@@ -199,18 +199,25 @@ def start_server(
         cmd += ["--workers", str(workers)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
+    return wait_ready(proc, f"http://127.0.0.1:{port}/healthz", log, "tessera serve", timeout_s=90)
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, log: Path, what: str, timeout_s: float
+) -> subprocess.Popen[bytes]:
+    """``proc`` once ``url`` answers 200; its log's tail in the error if it exits or never answers."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"tessera serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
     proc.kill()
-    raise RuntimeError(f"tessera serve did not answer /healthz within 90 s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 # ---- the load ------------------------------------------------------------------------------------------------
