@@ -255,6 +255,53 @@ def _progress(spark: Any, description: str, enabled: bool) -> Iterator[None]:
             bar.update(task, completed=total, total=max(total, 1))
 
 
+def _frames(
+    spark: Any,
+    plan: Plan,
+    join: JoinPlan,
+    ldf: Any,
+    left_cols: list[str],
+    sources: Mapping[str, Source],
+    n_buckets: int,
+    delay_ms: int,
+) -> dict[str, Any]:
+    """The backfill's DataFrames, stage by stage: ``events`` and ``queries`` (bucketed, before the shuffle),
+    ``folded`` (the cogroup's per-part feature structs) and ``result`` (left columns, features, derivations)."""
+    from pyspark.sql import functions as F
+
+    folds, events, queries = [], None, None
+    for i, part in enumerate(join.parts):
+        gb = plan.group_by(part.group_by)
+        struct = pa.struct([pa.field(f.name, arrow_type(f.type)) for f in gb.features])
+        folds.append(_PartFold(gb, tuple(needed_columns(gb)), struct))
+        ev = _part_events(spark, gb, sources[gb.source.table], i)
+        q = _part_queries(ldf, join, i, gb)
+        events = ev if events is None else events.unionByName(ev, allowMissingColumns=True)
+        queries = q if queries is None else queries.unionByName(q)
+    assert events is not None and queries is not None
+    bucket = f"pmod(hash({PART}, {KEY}), {n_buckets}) AS {BUCKET}"
+    events = events.selectExpr(bucket, "*")
+    queries = queries.selectExpr(bucket, "*")
+    schema = ", ".join([f"{QID} bigint", *(f"{_ft(i)} {_struct_ddl(pf.gb)}" for i, pf in enumerate(folds))])
+    folded = (
+        events.groupBy(BUCKET)
+        .cogroup(queries.groupBy(BUCKET))
+        .applyInArrow(_fold_fn(folds, delay_ms), schema)
+    )
+    left_struct = F.struct(*(F.col(_quote(c)) for c in left_cols)).alias(LEFT)
+    combined = ldf.select(QID, left_struct).unionByName(folded, allowMissingColumns=True)
+    aggs = [F.first(LEFT, ignorenulls=True).alias(LEFT)]
+    aggs += [F.first(_ft(i), ignorenulls=True).alias(_ft(i)) for i in range(len(folds))]
+    wide = combined.groupBy(QID).agg(*aggs)
+    body = [F.col(LEFT).getField(c).alias(c) for c in left_cols]
+    for i, part in enumerate(join.parts):
+        body += [F.col(_ft(i)).getField(feat).alias(name) for name, feat in part.features.items()]
+    result = wide.select(QID, *body)
+    if join.derivations:
+        result = result.selectExpr("*", *_derivation_exprs(join))
+    return {"events": events, "queries": queries, "folded": folded, "result": result}
+
+
 def training_set(
     plan: Plan,
     join_name: str,
@@ -309,38 +356,8 @@ def training_set(
     spark.conf.set("spark.sql.shuffle.partitions", str(n_buckets))
     ldf = ldf.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        folds, events, queries = [], None, None
-        for i, part in enumerate(join.parts):
-            gb = plan.group_by(part.group_by)
-            struct = pa.struct([pa.field(f.name, arrow_type(f.type)) for f in gb.features])
-            folds.append(_PartFold(gb, tuple(needed_columns(gb)), struct))
-            ev = _part_events(spark, gb, sources[gb.source.table], i)
-            q = _part_queries(ldf, join, i, gb)
-            events = ev if events is None else events.unionByName(ev, allowMissingColumns=True)
-            queries = q if queries is None else queries.unionByName(q)
-        assert events is not None and queries is not None
-        bucket = f"pmod(hash({PART}, {KEY}), {n_buckets}) AS {BUCKET}"
-        events = events.selectExpr(bucket, "*")
-        queries = queries.selectExpr(bucket, "*")
-        schema = ", ".join(
-            [f"{QID} bigint", *(f"{_ft(i)} {_struct_ddl(pf.gb)}" for i, pf in enumerate(folds))]
-        )
-        folded = (
-            events.groupBy(BUCKET)
-            .cogroup(queries.groupBy(BUCKET))
-            .applyInArrow(_fold_fn(folds, serving_delay_ms), schema)
-        )
-        left_struct = F.struct(*(F.col(_quote(c)) for c in left_cols)).alias(LEFT)
-        combined = ldf.select(QID, left_struct).unionByName(folded, allowMissingColumns=True)
-        aggs = [F.first(LEFT, ignorenulls=True).alias(LEFT)]
-        aggs += [F.first(_ft(i), ignorenulls=True).alias(_ft(i)) for i in range(len(folds))]
-        wide = combined.groupBy(QID).agg(*aggs)
-        body = [F.col(LEFT).getField(c).alias(c) for c in left_cols]
-        for i, part in enumerate(join.parts):
-            body += [F.col(_ft(i)).getField(feat).alias(name) for name, feat in part.features.items()]
-        result = wide.select(QID, *body)
-        if join.derivations:
-            result = result.selectExpr("*", *_derivation_exprs(join))
+        frames = _frames(spark, plan, join, ldf, left_cols, sources, n_buckets, serving_delay_ms)
+        result = frames["result"]
         final_cols = [
             *left_cols,
             *(c for p in join.parts for c in p.features),
