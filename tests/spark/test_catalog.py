@@ -84,3 +84,18 @@ def test_missing_file_and_bad_flag(tmp_path: Path) -> None:
 
 def test_parse_without_base_keeps_relative_paths() -> None:
     assert parse_catalog('[sources]\np = "x/p.parquet"\n') == {"p": "x/p.parquet"}
+
+
+def test_upload_reads_the_catalog_and_flags_override(tmp_path: Path) -> None:
+    from spark_jobs.upload import _parse_tables
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "payments.parquet").write_bytes(b"")
+    f = tmp_path / "catalog.toml"
+    f.write_text('[sources]\npayments = "/lake/payments"\nlabels = { table = "db.labels" }\n')
+    got = _parse_tables(["labels=/lake/labels.parquet"], str(data), str(f))
+    assert got == {"payments": "/lake/payments", "labels": "/lake/labels.parquet"}
+    f.write_text('[sources]\npayments = { paht = "x" }\n')
+    with pytest.raises(SystemExit, match=rf"{f}:2: source 'payments': unknown key 'paht'"):
+        _parse_tables([], None, str(f))
