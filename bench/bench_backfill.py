@@ -353,7 +353,7 @@ def _run_duckdb(sql: str, params: dict[str, str], timeout: float) -> tuple[float
         t0 = time.perf_counter()
         timer.start()
         try:
-            con.execute(sql, params).fetchall()
+            con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql}).fetchall()
             seconds: float | None = time.perf_counter() - t0
         except duckdb.InterruptException:
             seconds = None
