@@ -39,6 +39,7 @@ from features.windows import DAY_MS
 from kvstore.base import KVStore
 from kvstore.codec import KeyLayout, encode_entity
 from kvstore.meta import encode_meta, meta_key
+from spark_jobs.catalog import CatalogError, SparkTable, parse_table_flags, read_source, resolve_sources
 
 log = logging.getLogger("tessera.upload")
 
@@ -138,7 +139,7 @@ def encode_partition(
 
 
 def state_frame(
-    spark: Any, gb: GroupByPlan, table_path: str, boundary_ms: int, *, partitions: int | None = None
+    spark: Any, gb: GroupByPlan, table_path: Any, boundary_ms: int, *, partitions: int | None = None
 ) -> Any:
     """The DataFrame of ``(k, v)`` (key bytes, encoded batch state) of every entity of ``gb``, unsorted."""
     assert gb.batch is not None
@@ -147,7 +148,7 @@ def state_frame(
     logic = compile_row_logic(
         gb.row_logic.selects, gb.row_logic.where, gb.source.schema, passthrough=gb.row_logic.passthrough
     )
-    df = spark.read.parquet(table_path)
+    df = read_source(spark, table_path)  # a parquet path or a catalog SparkTable
     if logic.spark_where:
         df = df.where(logic.spark_where)
     df = df.selectExpr(*logic.spark_selects)
@@ -205,7 +206,7 @@ class UploadResult:
 def run_upload(
     plan: Plan,
     date: str,
-    sources: Mapping[str, str | os.PathLike[str]],
+    sources: Mapping[str, str | os.PathLike[str] | SparkTable],
     store: KVStore,
     *,
     spark: Any = None,
@@ -242,7 +243,9 @@ def run_upload(
     for gb in selected:
         assert gb.batch is not None
         started = time.perf_counter()
-        frame = state_frame(spark, gb, str(sources[gb.source.table]), boundary, partitions=partitions)
+        source = sources[gb.source.table]
+        source = source if isinstance(source, SparkTable) else str(source)
+        frame = state_frame(spark, gb, source, boundary, partitions=partitions)
         frame = frame.persist()  # the sort samples its input: encode once
         try:
             version = next_version(store, gb.batch.dataset, date)
@@ -265,19 +268,16 @@ def run_upload(
     return result
 
 
-def _parse_tables(specs: Sequence[str], data_dir: str | None) -> dict[str, str]:
-    tables: dict[str, str] = {}
+def _parse_tables(specs: Sequence[str], data_dir: str | None, catalog: str | None = None) -> dict[str, Any]:
+    """Offline tables: ``--data DIR``'s parquet files, overridden by the catalog file, overridden by ``--table``."""
+    tables: dict[str, Any] = {}
     if data_dir:
         for p in sorted(Path(data_dir).glob("*.parquet")):
             tables[p.stem] = str(p)
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(
-                f"--table {spec!r} must look like NAME=PATH (e.g. payments=data/payments.parquet)"
-            )
-        tables[name] = path
-    return tables
+    try:
+        return resolve_sources(catalog, parse_table_flags(list(specs)), tables)
+    except CatalogError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--table", action="append", default=[], help="NAME=PATH of an offline table (repeatable)"
     )
+    parser.add_argument(
+        "--catalog", help="TOML catalog: source table name -> parquet path or Spark table (flags override)"
+    )
     parser.add_argument("--group-by", action="append", help="upload only this GroupBy (repeatable)")
     parser.add_argument(
         "--no-publish", action="store_true", help="upload the versions but do not publish them"
@@ -307,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plan = compile_repo(args.path)
-    tables = _parse_tables(args.table, args.data)
+    tables = _parse_tables(args.table, args.data, args.catalog)
     with EmbeddedBulkStore(args.store) as store:
         try:
             result = run_upload(

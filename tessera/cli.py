@@ -135,16 +135,59 @@ def plan(
 def backfill(
     path: Path = typer.Argument(..., help="folder of feature definitions"),
     join: str = typer.Option(..., "--join", help="the Join to build a training set for"),
-    left: Path = typer.Option(..., "--left", help="parquet of labeled requests (keys + ts + label columns)"),
-    out: Path = typer.Option(..., "--out", help="where to write the training set (parquet)"),
+    left: str = typer.Option(
+        ..., "--left", help="parquet of labeled requests (keys + ts + label columns), or table:NAME"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="where to write the training set (parquet folder)"),
+    out_table: str | None = typer.Option(
+        None, "--out-table", help="also/instead write a Spark table (external at --out when both are given)"
+    ),
+    catalog: Path | None = typer.Option(
+        None, "--catalog", help="TOML file: source table name -> parquet path or Spark table"
+    ),
+    table: list[str] = typer.Option(
+        [], "--table", help="NAME=PATH or NAME=table:DB.NAME, overrides the catalog (repeatable)"
+    ),
     serving_delay: str = typer.Option("0ms", help="model online lag: an event counts only if ts < t - delay"),
+    keep_order: bool = typer.Option(
+        False, "--keep-order", help="write rows in the left's order (a global sort)"
+    ),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="progress bar (default: when stderr is a terminal)"
+    ),
 ) -> None:
     """Point-in-time-correct training set: every feature of the Join as the fetcher would have served it."""
-    from spark_jobs.backfill import run_backfill
+    import logging
 
-    stats = run_backfill(path, join, left, out, serving_delay=serving_delay)
+    from spark_jobs.backfill import run_backfill
+    from spark_jobs.catalog import CatalogError, parse_table_flags
+
+    if out is None and out_table is None:
+        err.print("give --out DIR and/or --out-table NAME")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        flags = parse_table_flags(table)
+        stats = run_backfill(
+            path,
+            join,
+            left,
+            out,
+            serving_delay=serving_delay,
+            sources=flags,
+            catalog=catalog,
+            out_table=out_table,
+            keep_order=keep_order,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    except (CatalogError, FileNotFoundError) as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    target = " + ".join(x for x in (str(out) if out else "", f"table {out_table}" if out_table else "") if x)
     console.print(
-        f"{stats['rows']:,} rows in {stats['seconds']:.1f} s ({stats['rows_per_s']:,.0f} rows/s) -> {out}"
+        f"{stats['rows']:,} rows in {stats['seconds']:.1f} s ({stats['rows_per_s']:,.0f} rows/s) -> {target}",
+        markup=False,
+        highlight=False,
     )
 
 
