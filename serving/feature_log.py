@@ -133,7 +133,14 @@ class KafkaSink:
         if self._producer is None:
             from kafka import KafkaProducer
 
-            config = {"acks": "all", "linger_ms": 5, "request_timeout_ms": int(self.send_timeout_s * 1000)}
+            ms = int(self.send_timeout_s * 1000)  # also bounds the bootstrap (30 s) and metadata (60 s) waits
+            config = {
+                "acks": "all",
+                "linger_ms": 5,
+                "request_timeout_ms": ms,
+                "max_block_ms": ms,
+                "bootstrap_timeout_ms": ms,
+            }
             self._producer = KafkaProducer(
                 bootstrap_servers=self.bootstrap.split(","), **{**config, **self.producer_config}
             )

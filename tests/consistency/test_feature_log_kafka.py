@@ -119,7 +119,8 @@ def test_kafka_log_lands_as_the_same_rows_as_the_parquet_log(kafka_broker: str, 
 
 def test_an_unreachable_broker_never_blocks_or_fails_a_fetch(tmp_path: Path) -> None:
     url = f"kafka://127.0.0.1:{free_port()}/nobody-listens"
-    logger = FeatureLogger(url, sample_rate=1.0, queue_size=8, batch_rows=4, flush_interval_s=0.05)
+    sink = KafkaSink.from_url(url, send_timeout_s=1.0)  # the writer thread gives up on a batch sooner
+    logger = FeatureLogger(sink, sample_rate=1.0, queue_size=8, batch_rows=4, flush_interval_s=0.05)
     started = time.perf_counter()
     results = [_log(logger, i) for i in range(200)]
     elapsed = time.perf_counter() - started
