@@ -297,6 +297,7 @@ def serve(
     """The HTTP API: POST /v1/features/{join}, POST /v1/decide, GET /healthz, GET /metrics."""
     import uvicorn
 
+    from serving.http_protocol import NoDelayH11Protocol
     from tessera.config import Settings
 
     if blocking not in ("inline", "threads"):
@@ -318,7 +319,7 @@ def serve(
     )
     console.print(f"tessera API on http://{bind}:{bind_port} (plan {p.plan_hash}, {workers} worker(s))")
     if workers == 1:
-        uvicorn.run(serve_app(), host=bind, port=bind_port, log_level="warning")
+        uvicorn.run(serve_app(), host=bind, port=bind_port, log_level="warning", http=NoDelayH11Protocol)
         return
     import tempfile
 
@@ -331,7 +332,13 @@ def serve(
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     uvicorn.run(
-        "tessera.cli:serve_app", factory=True, workers=workers, host=bind, port=bind_port, log_level="warning"
+        "tessera.cli:serve_app",
+        factory=True,
+        workers=workers,
+        host=bind,
+        port=bind_port,
+        log_level="warning",
+        http=NoDelayH11Protocol,  # uvicorn's own socket for workers leaves Nagle on (serving/http_protocol.py)
     )
 
 
