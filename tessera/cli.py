@@ -297,7 +297,7 @@ def serve(
     """The HTTP API: POST /v1/features/{join}, POST /v1/decide, GET /healthz, GET /metrics."""
     import uvicorn
 
-    from serving.http_protocol import NoDelayH11Protocol
+    from serving.http_protocol import http_protocol
     from tessera.config import Settings
 
     if blocking not in ("inline", "threads"):
@@ -319,7 +319,7 @@ def serve(
     )
     console.print(f"tessera API on http://{bind}:{bind_port} (plan {p.plan_hash}, {workers} worker(s))")
     if workers == 1:
-        uvicorn.run(serve_app(), host=bind, port=bind_port, log_level="warning", http=NoDelayH11Protocol)
+        uvicorn.run(serve_app(), host=bind, port=bind_port, log_level="warning", http=http_protocol())
         return
     import tempfile
 
@@ -338,7 +338,7 @@ def serve(
         host=bind,
         port=bind_port,
         log_level="warning",
-        http=NoDelayH11Protocol,  # uvicorn's own socket for workers leaves Nagle on (serving/http_protocol.py)
+        http=http_protocol(),  # uvicorn's own socket for workers leaves Nagle on (serving/http_protocol.py)
     )
 
 

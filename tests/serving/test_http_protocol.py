@@ -12,7 +12,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from serving.http_protocol import NoDelayH11Protocol
+from serving.http_protocol import NoDelayH11Protocol, http_protocol
 
 
 async def _app(scope: dict, receive: object, send: object) -> None:  # never called: no request is sent
@@ -38,6 +38,9 @@ async def _nodelay_after_accept(protocol_class: type[H11Protocol]) -> int:
         listener.close()
 
 
-@pytest.mark.parametrize(("protocol_class", "nodelay"), [(H11Protocol, False), (NoDelayH11Protocol, True)])
+@pytest.mark.parametrize(
+    ("protocol_class", "nodelay"),
+    [(H11Protocol, False), (NoDelayH11Protocol, True), (http_protocol(), True)],
+)
 def test_accepted_connections_have_nagle_off(protocol_class: type[H11Protocol], nodelay: bool) -> None:
     assert bool(asyncio.run(_nodelay_after_accept(protocol_class))) is nodelay
