@@ -232,22 +232,35 @@ class RawClient:
         self.max_connections = max_connections
 
     async def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        async with asyncio.timeout(timeout):
+            if self.idle:  # a kept-alive connection the server may have closed meanwhile (idle timeout)
+                conn = self.idle.pop()
+                try:
+                    return await self._exchange(conn, path, body)
+                except (ConnectionError, asyncio.IncompleteReadError) as e:
+                    if isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                        raise  # an answer had begun: a real error
+                    # closed before answering: send again on a new connection, as HTTP clients do
+            conn = await asyncio.open_connection("127.0.0.1", self.port)
+            return await self._exchange(conn, path, body)
+
+    async def _exchange(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str, body: bytes
+    ) -> tuple[int, bytes]:
         reader, writer = conn
         try:
-            async with asyncio.timeout(timeout):
-                writer.write(
-                    b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-                    b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
-                )
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                content = await reader.readexactly(length)
+            writer.write(
+                b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            content = await reader.readexactly(length)
         except BaseException:
             writer.close()
             raise
