@@ -224,9 +224,7 @@ def stream(
     import os
     import subprocess
 
-    from tessera.config import Settings
-
-    settings = Settings.from_env()
+    settings = _settings()
     p = _plan_or_exit(path or settings.repo)
     root = Path(__file__).resolve().parent.parent
     flink_python = root / ".venv-flink" / "bin" / "python"
@@ -298,11 +296,10 @@ def serve(
     import uvicorn
 
     from serving.http_protocol import http_protocol
-    from tessera.config import Settings
 
     if blocking not in ("inline", "threads"):
         raise typer.BadParameter(f"{blocking!r}: expected inline or threads", param_hint="--blocking")
-    settings = Settings.from_env()
+    settings = _settings()
     repo = path or settings.repo
     p = _plan_or_exit(repo)  # checked once here, so a broken repo fails before any worker starts
     bind = host or settings.api_host
@@ -342,6 +339,17 @@ def serve(
     )
 
 
+def _settings() -> Any:
+    """``Settings.from_env()``, or exit 2 with the variable that is wrong and how to fix it."""
+    from tessera.config import Settings
+
+    try:
+        return Settings.from_env()
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
 _SERVE_REPO, _SERVE_MODEL = "TESSERA_SERVE_REPO", "TESSERA_SERVE_MODEL_DIR"
 _SERVE_RULES, _SERVE_JOIN = "TESSERA_SERVE_RULES", "TESSERA_SERVE_DECIDE_JOIN"
 _SERVE_BLOCKING, _SERVE_THREADS = "TESSERA_SERVE_BLOCKING", "TESSERA_SERVE_THREADS"
@@ -356,10 +364,9 @@ def serve_app() -> Any:
     from serving.fetcher import Fetcher
     from serving.rules import Rules
     from serving.scoring import Decider
-    from tessera.config import Settings
     from tessera.stores import open_bulk, open_stream
 
-    settings = Settings.from_env()
+    settings = _settings()
     p = compile_repo(load_repo(Path(os.environ.get(_SERVE_REPO) or settings.repo)))
     logger = None
     if settings.feature_log_sample > 0:  # served vectors for the consistency check, off the request path

@@ -63,13 +63,32 @@ class Settings:
             offline_dir=Path(e.get("TESSERA_OFFLINE_DIR", str(data / "offline"))),
             checkpoint_dir=e.get("TESSERA_CHECKPOINT_DIR", str(data / "checkpoints")),
             api_host=e.get("TESSERA_API_HOST", "127.0.0.1"),
-            api_port=int(e.get("TESSERA_API_PORT", "8000")),
+            api_port=int(_number(e, "TESSERA_API_PORT", "8000", 1, 65535, "a TCP port, e.g. 8000")),
             api_token=e.get("TESSERA_API_TOKEN") or None,
             model_dir=Path(e.get("TESSERA_MODEL_DIR", str(data / "model"))),
             spark_master=e.get("TESSERA_SPARK_MASTER", "local[2]"),
             feature_log=e.get("TESSERA_FEATURE_LOG", str(data / "feature_log")),
-            feature_log_sample=float(e.get("TESSERA_FEATURE_LOG_SAMPLE", "0.01")),
+            feature_log_sample=_number(
+                e,
+                "TESSERA_FEATURE_LOG_SAMPLE",
+                "0.01",
+                0.0,
+                1.0,
+                "the share of keys logged, e.g. 0.01 (0: off)",
+            ),
         )
+
+
+def _number(env: Mapping[str, str], name: str, default: str, lo: float, hi: float, what: str) -> float:
+    """``env[name]`` as a number within ``[lo, hi]``; a ValueError that names the variable and the fix if not."""
+    raw = env.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:  # also NaN
+        raise ValueError(f"{name}={raw!r}: expected {what}, between {lo:g} and {hi:g}")
+    return value
 
 
 #: Every variable :meth:`Settings.from_env` reads (the deployment test checks compose sets only these).

@@ -82,3 +82,19 @@ def test_demo_runs_end_to_end_on_small_data(tmp_path: Path) -> None:
     assert consistency["causes"].get("unexplained", 0) == 0, consistency["causes"]
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True).stdout
     assert not leftovers.strip(), f"processes left running: {leftovers}"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("TESSERA_FEATURE_LOG_SAMPLE", "abc"),
+        ("TESSERA_FEATURE_LOG_SAMPLE", "5"),
+        ("TESSERA_API_PORT", "http"),
+    ],
+)
+def test_serve_refuses_a_malformed_setting_by_name(var: str, value: str) -> None:
+    """A bad ``TESSERA_*`` value stops ``tessera serve`` before anything starts, naming the variable and what it
+    expects (exit 2), not a traceback from a worker."""
+    result = runner.invoke(app, ["serve", str(ROOT / "features" / "fraud")], env={var: value})
+    assert result.exit_code == 2, result.output
+    assert f"{var}={value!r}: expected" in result.output
