@@ -298,13 +298,6 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     }
 
 
-def _load_average() -> str:
-    try:
-        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -400,6 +393,8 @@ def serial_http(port: int, pid: int, path: str, bodies: list[dict[str, Any]], n:
     """Closed loop, one request in flight: the server's service time without queueing, and its CPU per answer."""
     import httpx
 
+    from bench.bench_serve import tree_cpu_s
+
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
 
         def post(body: dict[str, Any]) -> None:
@@ -407,32 +402,10 @@ def serial_http(port: int, pid: int, path: str, bodies: list[dict[str, Any]], n:
 
         for i in range(20):
             post(bodies[i % len(bodies)])
-        cpu0 = _tree_cpu_s(pid)
+        cpu0 = tree_cpu_s(pid)
         row: dict[str, Any] = _timed(post, bodies, n, warmup=0)
-        row["server_cpu_ms"] = 1e3 * (_tree_cpu_s(pid) - cpu0) / n
+        row["server_cpu_ms"] = 1e3 * (tree_cpu_s(pid) - cpu0) / n
         return row
-
-
-def _tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (a gunicorn master and its worker), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent[int(d.name)] = int(f[1])
-            cpu[int(d.name)] = (int(f[11]) + int(f[12])) / tick
-    tree = {pid}
-    grew = True
-    while grew:
-        kids = {c for c, pp in parent.items() if pp in tree} - tree
-        tree |= kids
-        grew = bool(kids)
-    return sum(cpu.get(p, 0.0) for p in tree)
 
 
 def http_stage(
@@ -448,37 +421,17 @@ def http_stage(
     """One open-loop stage with bench_serve.py's load client, plus the server's CPU per answered request.
 
     bench_serve.py's client is reused, not copied: its ``stage`` (raw asyncio HTTP client, schedule on the wall
-    clock) where it has one, else its ``run_stage`` over an ``httpx.AsyncClient``."""
-    import asyncio
-
-    import httpx
+    clock, the server's CPU over the stage)."""
 
     from bench import bench_serve as serve
 
-    cpu0 = _tree_cpu_s(pid)
-    if hasattr(serve, "stage"):
-        raw = [json.dumps(b, separators=(",", ":")).encode() for b in bodies]
-        st = serve.stage(
-            "raw", 1, port, pid, path, raw, rate, seconds, max_requests, args.timeout_s, args.max_inflight
-        )
-        client = "bench_serve.stage, raw asyncio HTTP/1.1 client"
-    else:
-
-        async def go() -> Any:
-            limits = httpx.Limits(
-                max_connections=args.max_inflight, max_keepalive_connections=args.max_inflight
-            )
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as c:
-                return await serve.run_stage(
-                    c, path, bodies, rate, seconds, max_requests, args.timeout_s, args.max_inflight
-                )
-
-        st = asyncio.run(go())
-        client = "bench_serve.run_stage, httpx.AsyncClient"
-    cpu = _tree_cpu_s(pid) - cpu0
+    raw = [json.dumps(b, separators=(",", ":")).encode() for b in bodies]
+    st = serve.stage(
+        "raw", 1, port, pid, path, raw, rate, seconds, max_requests, args.timeout_s, args.max_inflight
+    )
     row = dict(st.row())
-    row["server_cpu_ms"] = 1e3 * cpu / row["ok"] if row["ok"] else float("nan")
-    row["client"] = client
+    row["server_cpu_ms"] = row["server_ms_per_req"]  # stage() measures the server tree's CPU over the stage
+    row["client"] = "bench_serve.stage, raw asyncio HTTP/1.1 client"
     return row
 
 
@@ -486,6 +439,8 @@ def drive_both(
     servers: list[tuple[int, int, str, list[dict[str, Any]]]], rates: list[int], args: argparse.Namespace
 ) -> list[list[dict[str, Any]]]:
     """Per rate, one stage per server (tessera's, then Feast's), so both see the same moment's machine."""
+    from bench.bench_serve import load_average
+
     for port, pid, path, bodies in servers:  # warm-up, as bench_serve.py's drive()
         http_stage(port, pid, path, bodies, 50, 2.0, 100, args)
     rows: list[list[dict[str, Any]]] = []
@@ -496,7 +451,7 @@ def drive_both(
             print(
                 f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
                 f"errors {r['errors']}, shed {r['shed']}, server CPU {r['server_cpu_ms']:.1f} ms/answer "
-                f"(load {_load_average()})",
+                f"(load {load_average()})",
                 flush=True,
             )
             per_rate.append(r)
@@ -507,8 +462,7 @@ def drive_both(
 
 # ---- the run -------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-
-    from bench.bench_serve import load_world, start_server
+    from bench.bench_serve import load_average, load_world, start_server
     from features.compile import compile_repo
     from kvstore.embedded import EmbeddedBulkStore
     from kvstore.memcached import MemcachedStore
@@ -624,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
             feast_bodies = [
                 {"feature_service": JOIN, "entities": {k: [row[k]] for k in keys}} for row in entity_rows
             ]
-            load_before = _load_average()
+            load_before = load_average()
             serial = (
                 serial_http(t_port, procs[0].pid, f"/v1/features/{JOIN}", requests, args.serial_n),
                 serial_http(f_port, procs[1].pid, "/get-online-features", feast_bodies, args.serial_n),
@@ -634,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
                 (f_port, procs[1].pid, "/get-online-features", feast_bodies),
             ]
             pairs = drive_both(servers, rates, args)
-            load_after = _load_average()
+            load_after = load_average()
     finally:
         for p in procs + procs_extra:
             p.terminate()

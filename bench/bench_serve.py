@@ -442,7 +442,7 @@ def _child_stage(q: Any, *args: Any) -> None:
         raise
 
 
-def _tree_cpu_s(pid: int) -> float:
+def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants (from /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
@@ -483,7 +483,7 @@ def stage(
     n = max(1, min(int(rate * seconds), max_requests))
     per = max(1, max_inflight // procs)
     start_wall = time.time() + (0.3 if procs == 1 else 1.5)
-    cpu0 = _tree_cpu_s(server_pid)
+    cpu0 = tree_cpu_s(server_pid)
     if procs == 1:
         st = asyncio.run(
             _one_client_stage(kind, port, path, bodies, rate, n, start_wall, timeout_s, per, (0, 1))
@@ -508,7 +508,7 @@ def stage(
             if isinstance(part, str):
                 raise RuntimeError(f"a client process failed: {part}")
             st.merge(part)
-    st.server_cpu_s = _tree_cpu_s(server_pid) - cpu0
+    st.server_cpu_s = tree_cpu_s(server_pid) - cpu0
     return st
 
 
@@ -548,7 +548,7 @@ def drive(
             print(
                 f"  {path} @ {rate}/s: {r['achieved']:.0f}/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
                 f"errors {r['errors']}, shed {r['shed']}, server CPU {r['server_ms_per_req']:.2f} ms/req, "
-                f"client {r['client_cores']:.2f} cores, load {_load_average()}",
+                f"client {r['client_cores']:.2f} cores, load {load_average()}",
                 flush=True,
             )
             stages.append(st)
@@ -556,7 +556,7 @@ def drive(
     return stages
 
 
-def _load_average() -> str:
+def load_average() -> str:
     try:
         return ", ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             stream.close()
             port = free_port()
             proc = start_server(port, addrs, bulk_path, model_dir, tmp / "serve.log", args.workers)
-            load_before = _load_average()
+            load_before = load_average()
             stages = drive(
                 port,
                 proc.pid,
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                 client_procs=args.client_procs,
                 endpoints=tuple(e.strip() for e in args.endpoints.split(",") if e.strip()),
             )
-            load_after = _load_average()
+            load_after = load_average()
     finally:
         if proc is not None:
             proc.terminate()
