@@ -293,6 +293,23 @@ def feature_log_dir(settings: Any, log_dir: Path | None) -> Path:
     return root
 
 
+def _submit(
+    settings: Any, master: str, plan: Plan, day: str, logs: Path, reports: Path, **options: Any
+) -> dict[str, Any]:
+    """:func:`submit_nightly` with the offline data, bulk store and work folder of ``settings``."""
+    return submit_nightly(
+        master,
+        plan,
+        day,
+        settings.offline_dir,
+        settings.bulk_store,
+        logs,
+        reports,
+        settings.data_dir / "submit",
+        **options,
+    )
+
+
 _MASTER_HELP = "Spark master; a cluster URL (spark://, yarn, k8s://) runs through spark-submit (default: $TESSERA_SPARK_MASTER)"
 
 
@@ -319,15 +336,13 @@ def consistency_command(
     reports = out or s.data_dir / "reports"
     master = spark_master or s.spark_master
     if is_cluster(master):
-        result = submit_nightly(
+        result = _submit(
+            s,
             master,
             plan,
             day,
-            s.offline_dir,
-            s.bulk_store,
             logs,
             reports,
-            s.data_dir / "submit",
             joins=[join],
             upload=False,
             max_unexplained=max_unexplained,
@@ -387,15 +402,13 @@ def nightly_command(
     reports = out or s.data_dir / "reports"
     master = spark_master or s.spark_master
     if is_cluster(master):
-        result = submit_nightly(
+        result = _submit(
+            s,
             master,
             plan,
             day,
-            s.offline_dir,
-            s.bulk_store,
             logs,
             reports,
-            s.data_dir / "submit",
             joins=joins,
             upload=upload,
             check=check,
