@@ -196,19 +196,10 @@ def _window_values(
     index: GroupByIndex, gb: GroupByPlan, feature: str, key: Sequence[Any], t: int
 ) -> list[Any]:
     """The non-null values of ``feature``'s column in its window at ``t`` for entity ``key``."""
-    import bisect
-
-    from features.windows import window_interval
-
     f = gb.feature(feature)
     agg = gb.aggregations[f.agg_index]
-    w = agg.windows[f.window_index]
-    events = index.by_key.get(tuple(key))
-    if events is None:
-        return []
-    start, end = window_interval(t, w.length_ms, w.hop_ms, w.offset_ms)
-    lo, hi = bisect.bisect_left(events.ts, start), bisect.bisect_left(events.ts, end)
-    return [r[agg.column] for r in events.rows[lo:hi] if r.get(agg.column) is not None]
+    rows = index.window_rows(key, agg.windows[f.window_index], t)
+    return [r[agg.column] for r in rows if r.get(agg.column) is not None]
 
 
 def _op_of(gb: GroupByPlan, feature: str) -> AggOp:

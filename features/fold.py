@@ -27,6 +27,7 @@ __all__ = [
     "FeatureSpec",
     "feature_spec",
     "fold_features",
+    "fold_sorted",
     "fold_window",
     "fold_window_bucketed",
     "input_type_of",
@@ -143,10 +144,28 @@ def fold_window_bucketed(
 
     Rows with a None bucket or a None value are skipped, so a bucket appears only if it has a value.
     """
+    kept = _in_window(rows, t_ms, window)
+    return fold_sorted(
+        op, [r[0] for r in kept], [r[1] for r in kept], [r[3] for r in kept], [r[2] for r in kept]
+    )
+
+
+def fold_sorted(
+    op: Any,
+    ts: Sequence[int],
+    tie: Sequence[Any],
+    values: Sequence[Any],
+    buckets: Sequence[Any] | None = None,
+) -> Any:
+    """The finalized ``op`` over rows already in ``(ts, tie)`` order, given as parallel columns; None values are
+    skipped. With ``buckets``: ``{bucket: finalized op over that bucket's rows}``, None buckets skipped, so a
+    bucket appears only if it has a value."""
+    if buckets is None:
+        return op.finalize(fold(op, zip(values, ts, tie)))
     per_bucket: dict[Any, list[tuple[Any, int, Any]]] = {}
-    for ts, tie, bucket, value in _in_window(rows, t_ms, window):
+    for t, ti, bucket, value in zip(ts, tie, buckets, values):
         if bucket is not None and value is not None:
-            per_bucket.setdefault(bucket, []).append((value, ts, tie))
+            per_bucket.setdefault(bucket, []).append((value, t, ti))
     return {b: op.finalize(fold(op, vals)) for b, vals in per_bucket.items()}
 
 
@@ -230,13 +249,10 @@ def fold_features(
             start, end = s.window.interval(t)
             lo = bisect.bisect_left(entry.ts, start)
             hi = bisect.bisect_left(entry.ts, end)
-            op = ops[s.name]
-            ts, tie, vals = entry.ts[lo:hi], entry.tie[lo:hi], entry.columns[s.column][lo:hi]
-            if s.bucket is None:
-                value = op.finalize(fold(op, zip(vals, ts, tie)))
-            else:
-                buckets = entry.columns[s.bucket][lo:hi]
-                value = fold_window_bucketed(op, list(zip(ts, tie, buckets, vals)), t, s.window)
+            buckets = None if s.bucket is None else entry.columns[s.bucket][lo:hi]
+            value = fold_sorted(
+                ops[s.name], entry.ts[lo:hi], entry.tie[lo:hi], entry.columns[s.column][lo:hi], buckets
+            )
             results[s.name].append(value)
     columns: dict[str, pa.Array] = {query_id_col: pa.array(qids, q.schema.field(query_id_col).type)}
     for s in specs:

@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from features.fold import fold_sorted
 from features.ops import AggOp, OpParams, get_op
 from features.ops.bucketed import Bucketed
-from features.plan import AggregationPlan, GroupByPlan, JoinPlan
+from features.plan import AggregationPlan, GroupByPlan, JoinPlan, WindowPlan
 from features.sql import compile_expression, compile_row_logic
+from features.windows import window_interval
 
 Row = Mapping[str, Any]
 
@@ -75,36 +77,35 @@ class GroupByIndex:
         schema = gb.row_logic.output_schema
         self.ops = [agg_op(a, schema.get(a.bucket or "", "string")) for a in gb.aggregations]
 
-    def features_at(self, key: Sequence[Any], t_ms: int) -> dict[str, Any]:
-        """Every feature of the GroupBy for entity ``key`` at query time ``t_ms``."""
-        gb = self.gb
+    def window_rows(self, key: Sequence[Any], window: WindowPlan, t_ms: int) -> Sequence[Row]:
+        """Entity ``key``'s projected rows that ``window`` covers at ``t_ms``, in (ts, tie) order."""
         events = self.by_key.get(tuple(key))
+        if events is None:
+            return []
+        start, end = window_interval(t_ms, window.length_ms, window.hop_ms, window.offset_ms)
+        return events.rows[bisect.bisect_left(events.ts, start) : bisect.bisect_left(events.ts, end)]
+
+    def features_at(self, key: Sequence[Any], t_ms: int) -> dict[str, Any]:
+        """Every feature of the GroupBy for entity ``key`` at query time ``t_ms``: each window's rows folded
+        with the shared op (bucketed aggregations: per bucket, through ``Bucketed``)."""
+        gb = self.gb
         time_col, tie_col = gb.source.time_column, gb.source.tie_break
         out: dict[str, Any] = {}
         for f in gb.features:
             agg = gb.aggregations[f.agg_index]
-            w = agg.windows[f.window_index]
             op = self.ops[f.agg_index]
-            ir = op.init()
-            if events is not None:
-                from features.windows import window_interval
-
-                start, end = window_interval(t_ms, w.length_ms, w.hop_ms, w.offset_ms)
-                lo = bisect.bisect_left(events.ts, start)
-                hi = bisect.bisect_left(events.ts, end)
-                for row in events.rows[lo:hi]:
-                    value = row.get(agg.column)
-                    if value is None:
-                        continue
-                    tie = int(row.get(tie_col) or 0) if tie_col else 0
-                    if agg.bucket:
-                        bucket = row.get(agg.bucket)
-                        if bucket is None:
-                            continue
-                        ir = op.update_bucket(ir, bucket, value, row[time_col], tie)  # type: ignore[attr-defined]
-                    else:
-                        ir = op.update(ir, value, row[time_col], tie)
-            out[f.name] = op.finalize(ir)
+            rows = self.window_rows(key, agg.windows[f.window_index], t_ms)
+            ts = [r[time_col] for r in rows]
+            tie = [int(r.get(tie_col) or 0) if tie_col else 0 for r in rows]
+            values = [r.get(agg.column) for r in rows]
+            if agg.bucket:
+                ir = op.init()
+                for t, ti, bucket, value in zip(ts, tie, (r.get(agg.bucket) for r in rows), values):
+                    if bucket is not None and value is not None:
+                        ir = op.update_bucket(ir, bucket, value, t, ti)  # type: ignore[attr-defined]
+                out[f.name] = op.finalize(ir)
+            else:
+                out[f.name] = fold_sorted(op, ts, tie, values)
         return out
 
 
