@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -243,7 +244,16 @@ def main() -> None:
     )
     ap.add_argument("--label-fraction", type=float, default=None, help="default 0.1 (1.0 with --demo)")
     ap.add_argument(
-        "--duckdb-timeout", type=float, default=1800.0, help="stop a DuckDB query after this many seconds"
+        "--duckdb-timeout",
+        default="1800",
+        help="stop a DuckDB query after this many seconds, or 'xF': F times our backfill's wall time "
+        "(a DuckDB query still running at x0.5 already shows ours is within 2x)",
+    )
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep the generated parquet here and reuse it when the same data is asked for again",
     )
     ap.add_argument("--spark-only", action="store_true", help="skip DuckDB")
     args = ap.parse_args()
@@ -259,18 +269,10 @@ def main() -> None:
     plan = compile_repo(ROOT / "features" / "fraud")
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         t0 = time.perf_counter()
-        data = generate(seed=seed, days=days, events_per_day=events_per_day)
-        pay_path, lab_path = data.write(tmp)
-        rng = np.random.default_rng(0)
-        n_events = data.payments.num_rows
-        idx = np.sort(rng.choice(n_events, int(n_events * label_fraction), replace=False))
-        left = data.payments.take(pa.array(idx))
-        left_path = Path(tmp) / "left.parquet"
-        pq.write_table(left, left_path)
-        del data
-        console.log(
-            f"generated {n_events} events, {left.num_rows} labels in {time.perf_counter() - t0:.1f} s"
+        pay_path, lab_path, left_path, n_events, n_labels = _data(
+            args.data_dir, Path(tmp), seed, days, events_per_day, label_fraction
         )
+        console.log(f"data: {n_events} events, {n_labels} labels in {time.perf_counter() - t0:.1f} s")
 
         spark = spark_session(app_name="tessera-bench-backfill")
         with PeakRss() as ours_mem:
@@ -286,27 +288,32 @@ def main() -> None:
             ours_s = time.perf_counter() - t0
         spark.stop()
         console.log(
-            f"tessera: {left.num_rows} labels in {ours_s:.1f} s ({left.num_rows / ours_s:,.0f} labels/s), "
+            f"tessera: {n_labels} labels in {ours_s:.1f} s ({n_labels / ours_s:,.0f} labels/s), "
             f"peak RSS {ours_mem.peak / 2**30:.2f} GiB, tree CPU {ours_mem.cpu:.0f} s; "
             f"load average {os.getloadavg()[0]:.1f}"
         )
         if args.spark_only:
             return
+        timeout = (
+            float(args.duckdb_timeout[1:]) * ours_s
+            if args.duckdb_timeout.startswith("x")
+            else float(args.duckdb_timeout)
+        )
         params = {"payments": str(pay_path), "labels": str(lab_path), "left": str(left_path)}
         sql35, n35 = duckdb_sql(plan, "fraud_v1")
         sql_full, done, skipped = duckdb_full_sql(plan, "fraud_v1")
         duck = {}
         for label, sql in (("35", sql35), ("full", sql_full)):
-            duck[label] = _run_duckdb(sql, params, args.duckdb_timeout)
+            duck[label] = _run_duckdb(sql, params, timeout)
             seconds, mem = duck[label]
             console.log(
                 f"DuckDB ({label}): {'> ' if seconds is None else ''}"
-                f"{args.duckdb_timeout if seconds is None else seconds:.1f} s, peak RSS {mem.peak / 2**30:.2f} GiB, "
+                f"{timeout if seconds is None else seconds:.1f} s, peak RSS {mem.peak / 2**30:.2f} GiB, "
                 f"tree CPU {mem.cpu:.0f} s, load average {os.getloadavg()[0]:.1f}"
             )
         join = plan.join("fraud_v1")
         n_features = len(join.output_schema) - len(join.left.schema)
-        rows = left.num_rows
+        rows = n_labels
         table = Table(title=f"backfill, {n_events:,} events x {rows:,} labels (fraud_v1)")
         for col in ("engine", "features", "seconds", "labels/s", "peak RSS (tree)", "CPU s (tree)"):
             table.add_column(col)
@@ -323,7 +330,7 @@ def main() -> None:
             table.add_row(
                 "DuckDB RANGE windows",
                 what,
-                f"> {args.duckdb_timeout:.0f}" if seconds is None else f"{seconds:.1f}",
+                f"> {timeout:.0f}" if seconds is None else f"{seconds:.1f}",
                 "" if seconds is None else f"{rows / seconds:,.0f}",
                 f"{mem.peak / 2**30:.2f} GiB",
                 f"{mem.cpu:.0f}",
@@ -336,12 +343,41 @@ def main() -> None:
         ):
             seconds, mem = duck[label]
             if seconds is None:
-                console.print(f"ratio vs DuckDB {what}: DuckDB did not finish in {args.duckdb_timeout:.0f} s")
+                console.print(
+                    f"ratio vs DuckDB {what}: DuckDB did not finish in {timeout:.0f} s "
+                    f"(ours < {ours_s / timeout:.2f}x wall, < {ours_mem.cpu / max(mem.cpu, 1e-9):.2f}x CPU)"
+                )
                 continue
             console.print(
                 f"ratio vs DuckDB {what}: {ours_s / seconds:.2f}x wall, "
                 f"{ours_mem.cpu / max(mem.cpu, 1e-9):.2f}x CPU"
             )
+
+
+def _data(
+    keep: Path | None, tmp: Path, seed: int, days: int, events_per_day: int, label_fraction: float
+) -> tuple[Path, Path, Path, int, int]:
+    """(payments, labels, left) parquet paths and their row counts; generated, or reused from ``keep``."""
+    folder = tmp if keep is None else keep / f"seed{seed}-d{days}-e{events_per_day}"
+    pay_path, lab_path = folder / "payments.parquet", folder / "labels.parquet"
+    left_path = folder / f"left-{label_fraction:g}.parquet"
+    if not (pay_path.exists() and lab_path.exists()):
+        data = generate(seed=seed, days=days, events_per_day=events_per_day)
+        partial = folder.with_name(folder.name + ".partial")  # renamed once both files are whole
+        data.write(partial)
+        del data
+        if folder.exists():
+            shutil.rmtree(folder)  # held only an unfinished run's left side
+        partial.rename(folder)
+    n_events = pq.ParquetFile(pay_path).metadata.num_rows
+    if not left_path.exists():
+        payments = pq.read_table(pay_path)
+        rng = np.random.default_rng(0)
+        idx = np.sort(rng.choice(n_events, int(n_events * label_fraction), replace=False))
+        pq.write_table(payments.take(pa.array(idx)), left_path.with_suffix(".tmp"))
+        left_path.with_suffix(".tmp").rename(left_path)
+    n_labels = pq.ParquetFile(left_path).metadata.num_rows
+    return pay_path, lab_path, left_path, n_events, n_labels
 
 
 def _run_duckdb(sql: str, params: dict[str, str], timeout: float) -> tuple[float | None, PeakRss]:
