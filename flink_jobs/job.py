@@ -443,6 +443,7 @@ def _functions() -> tuple[Any, Any]:
             self.flush_timer_at: int | None = None  # the one pending processing-time (flush) timer, any key
             self.timer_at: dict[str, int] = {}  # the key's pending processing-time timer (see the grid)
             self.dirty_keys: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
+            self.entities: dict[str, tuple[int, bytes]] = {}  # key -> (GroupBy index, encoded entity), cached
             self.next_flush = 0  # processing time (epoch ms) when the next operator-wide flush is due
             self.m = _Metrics(
                 runtime_context,
@@ -477,6 +478,7 @@ def _functions() -> tuple[Any, Any]:
                     for _ in range(len(self.cache) // 4):
                         old, _ = self.cache.popitem(last=False)
                         self.evict_at.pop(old, None)
+                        self.entities.pop(old, None)
             else:
                 self.cache.move_to_end(key)
             return kt
@@ -550,10 +552,14 @@ def _functions() -> tuple[Any, Any]:
                 return
             t0 = time.perf_counter()
             items: dict[str, dict[bytes, bytes]] = {}
+            entities = self.entities
             for key, kt in self.dirty_keys.items():
-                gi, entity = parse_flink_key(key)
+                known = entities.get(key)
+                if known is None:
+                    gi, entity = parse_flink_key(key)
+                    known = entities[key] = (gi, encode_entity(list(entity)))
+                gi, ent = known
                 layout = self.layouts[gi]
-                ent = encode_entity(list(entity))
                 out = items.setdefault(self.datasets[gi], {})
                 for size, ps, v in kt.flush():
                     out[layout.key(ent, tile_suffix(size, ps))] = v
