@@ -39,7 +39,7 @@ Restart after a crash from the latest complete checkpoint: the same command with
 Metrics (Flink metric group ``tessera``): ``events_in``, ``events_out`` (rows handed to the tiler), ``late``,
 ``dead_lettered``, ``filtered``, ``end_markers`` (parse operator); ``applied``, ``flushes``, ``values_flushed``,
 ``flush_errors``, ``periods_evicted`` and the distribution ``flush_latency_us`` (tile operator); counters reach Flink
-at most once a second (a Flink counter call per event cost as much as parsing the event). With
+at most once a second (a Flink counter call per event cost more than parsing the event). With
 ``--metrics-dir`` each operator also writes its counters as JSON there (every second and at the end).
 """
 
