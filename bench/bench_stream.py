@@ -78,6 +78,8 @@ def job_args(args: argparse.Namespace) -> list[str]:
         str(args.buffer_timeout_ms),
         "--execution-mode",
         args.execution_mode,
+        "--parallelism",
+        str(args.parallelism),
     ]
     if args.flush_interval_ms is not None:
         out += ["--flush-interval-ms", str(args.flush_interval_ms)]
@@ -115,6 +117,32 @@ def read_metrics(d: Path) -> dict[str, float]:
     return out
 
 
+def tree_threads_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of every thread of ``pid``'s session (the job's client, its JVM and, in process
+    mode, the Python workers), summed per thread name (digits dropped, so a pool's threads add up)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[3]) != pid:  # session id
+                continue
+            tasks = list((d / "task").iterdir())
+        except (OSError, ValueError, IndexError):
+            continue
+        for t in tasks:
+            try:
+                stat = (t / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            name = "".join(c for c in name if not c.isdigit()).strip(" -#/()") or "?"
+            fields = stat.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
@@ -146,11 +174,14 @@ def throughput(args: argparse.Namespace, bootstrap: str, servers: list[str], wor
     t0 = time.monotonic()
     proc = start_job(cmd, log)
     samples: list[tuple[float, float]] = []
+    cpu: list[tuple[float, dict[str, float]]] = []  # (events_in, CPU s per thread name) while the job runs
     while proc.poll() is None and time.monotonic() - t0 < args.timeout_s:
         m = read_metrics(mdir)
         at = m.get("at:parse-" + gb.source.topic + "-0")
         if at is not None and (not samples or samples[-1][0] != at):
             samples.append((at, m.get("events_in", 0)))
+            if samples[-1][1] < sent.events:
+                cpu.append((samples[-1][1], tree_threads_cpu_s(proc.pid)))
         time.sleep(0.2)
     wall = time.monotonic() - t0
     if proc.poll() is None:
@@ -162,7 +193,19 @@ def throughput(args: argparse.Namespace, bootstrap: str, servers: list[str], wor
     samples.append((m["at:parse-" + gb.source.topic + "-0"], m["events_in"]))
     (t_a, n_a), (t_b, n_b) = samples[0], samples[-1]
     rate = (n_b - n_a) / (t_b - t_a) if t_b > t_a else float("nan")
+    # CPU per event between the first and the last sample taken while events were still coming in.
+    per_thread: dict[str, float] = {}
+    cpu_us = float("nan")
+    if len(cpu) >= 2 and cpu[-1][0] > cpu[0][0]:
+        n = cpu[-1][0] - cpu[0][0]
+        (_, c_a), (_, c_b) = cpu[0], cpu[-1]
+        cpu_us = (sum(c_b.values()) - sum(c_a.values())) / n * 1e6
+        per_thread = {k: (v - c_a.get(k, 0.0)) / n * 1e6 for k, v in c_b.items() if v - c_a.get(k, 0.0) > 0}
+    top = dict(sorted(per_thread.items(), key=lambda kv: -kv[1])[:6])
     return {
+        "cpu_us_per_event": cpu_us,
+        "cpu_us_per_event_by_thread": {k: round(v) for k, v in top.items()},
+        "load_avg_1m": os.getloadavg()[0],
         "events": sent.events,
         "events_in": m["events_in"],
         "applied": m.get("applied", 0),
@@ -321,7 +364,7 @@ def freshness(args: argparse.Namespace, bootstrap: str, servers: list[str], work
 def settings_line(args: argparse.Namespace) -> str:
     flush = "the plan's (10 ms)" if args.flush_interval_ms is None else f"{args.flush_interval_ms} ms"
     return (
-        f"GroupBy `{args.group_by}`, parallelism 1, {args.partitions} partitions, execution mode "
+        f"GroupBy `{args.group_by}`, parallelism {args.parallelism}, {args.partitions} partitions, execution mode "
         f"`{args.execution_mode}`, bundle size {args.bundle_size}, bundle time {args.bundle_time_ms} ms, buffer "
         f"timeout {args.buffer_timeout_ms} ms, flush interval {flush}"
         + ("" if args.flush_cost_share is None else f", flush cost share {args.flush_cost_share:g}")
@@ -348,7 +391,9 @@ def to_markdown(args: argparse.Namespace, tp: dict[str, Any] | None, fr: dict[in
                 else ""
             )
             + f"): **{tp['sustained_events_per_s']:,.0f} events/s** sustained over {tp['window_s']:.1f} s "
-            f"(wall {tp['wall_s']:.1f} s with start-up; {tp['flushes']:,.0f} flushes).",
+            f"(wall {tp['wall_s']:.1f} s with start-up; {tp['flushes']:,.0f} flushes); job CPU "
+            f"{tp['cpu_us_per_event']:,.0f} us per event (busiest threads: {tp['cpu_us_per_event_by_thread']}); "
+            f"load average {tp['load_avg_1m']:.1f}.",
             "",
         ]
     if fr:
@@ -382,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle-time-ms", type=int, default=10)
     p.add_argument("--buffer-timeout-ms", type=int, default=5)
     p.add_argument("--execution-mode", default="process")
+    p.add_argument("--parallelism", type=int, default=1, help="the job's (use as many --partitions)")
     p.add_argument("--timeout-s", type=float, default=240)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-freshness", action="store_true")

@@ -141,13 +141,18 @@ def _change_kind(op: AggOp) -> int:
 class TilePayloads:
     """The encoded payload of each op of one tile, kept while the op's IR does not change (``None``: stale),
     and, per approx_unique_count op, the items known to be in its sketch. See
-    :meth:`StateCodec.update_tracked` and :meth:`StateCodec.encode_tracked`."""
+    :meth:`StateCodec.update_tracked` and :meth:`StateCodec.encode_tracked`.
 
-    __slots__ = ("payloads", "seen")
+    ``joined`` is the container of the payloads as they were at the last encode: a payload only ever goes stale
+    (``None``) and back, so while none is stale it still holds (tiles of several levels sharing one IR list, and
+    their cache, are joined once)."""
+
+    __slots__ = ("joined", "payloads", "seen")
 
     def __init__(self, payloads: list[bytes | None]) -> None:
         self.payloads = payloads
         self.seen: dict[int, set[Any]] = {}
+        self.joined: bytes | None = None
 
 
 class StateCodec:
@@ -264,16 +269,21 @@ class StateCodec:
     def copy_payloads(self, cache: TilePayloads) -> TilePayloads:
         """A copy of ``cache`` for a copy (:meth:`copy`) of its IR list."""
         out = TilePayloads(list(cache.payloads))
+        out.joined = cache.joined
         out.seen = {i: set(s) for i, s in cache.seen.items()}
         return out
 
     def encode_tracked(self, irs: Sequence[Any], cache: TilePayloads) -> bytes:
         """:meth:`encode` (byte-identical), re-encoding only the ops whose cached payload is stale."""
         payloads = cache.payloads
+        joined = cache.joined
         for i, p in enumerate(payloads):
             if p is None:
                 payloads[i] = self.ops[i].encode(irs[i])
-        return join_irs(payloads)  # type: ignore[arg-type]
+                joined = None
+        if joined is None:
+            joined = cache.joined = join_irs(payloads)  # type: ignore[arg-type]
+        return joined
 
     def decode_tracked(self, data: bytes) -> tuple[list[Any], TilePayloads]:
         """:meth:`decode`, and the payloads as a cache (all fresh) for :meth:`update_tracked`."""

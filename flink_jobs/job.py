@@ -38,7 +38,8 @@ Restart after a crash from the latest complete checkpoint: the same command with
 
 Metrics (Flink metric group ``tessera``): ``events_in``, ``events_out`` (rows handed to the tiler), ``late``,
 ``dead_lettered``, ``filtered``, ``end_markers`` (parse operator); ``applied``, ``flushes``, ``values_flushed``,
-``flush_errors``, ``periods_evicted`` and the distribution ``flush_latency_us`` (tile operator). With
+``flush_errors``, ``periods_evicted`` and the distribution ``flush_latency_us`` (tile operator); counters reach Flink
+at most once a second (a Flink counter call per event cost more than parsing the event). With
 ``--metrics-dir`` each operator also writes its counters as JSON there (every second and at the end).
 """
 
@@ -58,6 +59,7 @@ from typing import Any
 from features.plan import GroupByPlan, Plan
 from features.reference import row_function
 from features.tiles import StateCodec, tile_suffix
+from flink_jobs import jsonio
 from flink_jobs.tiling import KeyTiles, entity_of, is_late, retention_of
 from kvstore.codec import KeyLayout, encode_entity
 
@@ -134,34 +136,83 @@ def _type_ok(value: Any, declared: str) -> bool:
     return True
 
 
+_NONE = type(None)
+
+
+def _accepted_classes(declared: str) -> frozenset[type] | None:
+    """The classes of JSON values :func:`_type_ok` accepts for ``declared`` (``None``: any)."""
+    t = declared.lower().split("(")[0]
+    if t in _INT_TYPES:
+        return frozenset({int, _NONE})
+    if t in _FLOAT_TYPES:
+        return frozenset({int, float, _NONE})
+    if t == "string":
+        return frozenset({str, _NONE})
+    if t == "boolean":
+        return frozenset({bool, _NONE})
+    return None
+
+
+class EventParser:
+    """:func:`parse_event` for one schema, with the type checks worked out once (the per-event path).
+
+    A JSON value's class is exactly one of ``dict, list, str, int, float, bool, NoneType``, so a set lookup on
+    the class decides what :func:`_type_ok` decides with ``isinstance``.
+    """
+
+    def __init__(self, schema: dict[str, str], time_column: str) -> None:
+        self.schema = dict(schema)
+        self.time_column = time_column
+        self._checks = [(name, _accepted_classes(declared)) for name, declared in self.schema.items()]
+
+    def parse(self, raw: str | None) -> tuple[str, Any]:
+        if raw is None:
+            return "bad", "null value (tombstone)"
+        try:
+            value = jsonio.loads(raw)
+        except (ValueError, TypeError) as e:
+            return "bad", f"not JSON: {e}"
+        if value.__class__ is not dict:
+            return "bad", f"not a JSON object but {type(value).__name__}"
+        if value.get(END_MARKER_FIELD):
+            return "marker", None
+        missing = _MISSING
+        for name, accepted in self._checks:
+            v = value.get(name, missing)
+            if v is missing:
+                return "bad", f"missing field {name!r}"
+            if accepted is not None and v.__class__ not in accepted:
+                return "bad", f"field {name!r} is {type(v).__name__}, not {self.schema[name]}"
+        ts = value.get(self.time_column)
+        if ts.__class__ is not int:
+            return "bad", f"event time {self.time_column!r} is {ts!r}, not epoch milliseconds"
+        return "ok", value
+
+
+_MISSING = object()
+
+
 def parse_event(raw: str | None, schema: dict[str, str], time_column: str) -> tuple[str, Any]:
     """``("ok", event)``, ``("marker", None)`` or ``("bad", reason)`` for one record value.
 
     Every schema field must be present (``null`` allowed) with a value of its type; the event time must be an
-    integer. Fields outside the schema are ignored.
+    integer. Fields outside the schema are ignored. (The job uses :class:`EventParser`, the same rules.)
     """
-    if raw is None:
-        return "bad", "null value (tombstone)"
-    try:
-        value = json.loads(raw)
-    except (ValueError, TypeError) as e:
-        return "bad", f"not JSON: {e}"
-    if not isinstance(value, dict):
-        return "bad", f"not a JSON object but {type(value).__name__}"
-    if value.get(END_MARKER_FIELD):
-        return "marker", None
-    for name, declared in schema.items():
-        if name not in value:
-            return "bad", f"missing field {name!r}"
-        if not _type_ok(value[name], declared):
-            return "bad", f"field {name!r} is {type(value[name]).__name__}, not {declared}"
-    ts = value.get(time_column)
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        return "bad", f"event time {time_column!r} is {ts!r}, not epoch milliseconds"
-    return "ok", value
+    return EventParser(schema, time_column).parse(raw)
 
 
 def flink_key(gb_index: int, entity: Sequence[Any]) -> str:
+    if len(entity) == 1:
+        part = entity[0]
+        # The common one-string key, spelled as json.dumps spells it (printable ASCII needs no escape).
+        if (
+            part.__class__ is str
+            and part.isascii()
+            and part.isprintable()
+            and '"' not in part
+            and "\\" not in part
+        ):
+            return f'{gb_index}{_KEY_SEP}["{part}"]'
     return f"{gb_index}{_KEY_SEP}{json.dumps(list(entity), separators=(',', ':'))}"
 
 
@@ -206,30 +257,61 @@ class _Metrics:
         group = runtime_context.get_metrics_group().add_group("tessera")
         self.counters = {n: group.counter(n) for n in names}
         self.values = dict.fromkeys(names, 0)
+        self._pushed = dict.fromkeys(names, 0)  # what the Flink counters hold
         self.group = group
         self.path: Path | None = None
         if metrics_dir:
             try:
                 sub = runtime_context.get_index_of_this_subtask()
             except Exception:  # thread mode on Flink 2.x: the Java method moved to getTaskInfo()
-                sub = 0
+                try:
+                    sub = runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask()
+                except Exception:
+                    sub = 0
             self.path = Path(metrics_dir) / f"{operator}-{sub}.json"
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._last_write = 0.0
 
     def inc(self, name: str, n: int = 1) -> None:
-        self.counters[name].inc(n)
-        self.values[name] += n
+        self.values[name] += n  # reaches the Flink counter at the next maybe_write (at most ~1 s later)
 
     def maybe_write(self, force: bool = False) -> None:
-        if self.path is None:
-            return
+        """Hand the counts to Flink's counters and write the JSON file, at most once a second (or now).
+
+        A Flink counter's ``inc`` is a call into the JVM's metric wrapper: per event it cost as much as parsing.
+        """
         now = time.monotonic()
         if force or now - self._last_write >= 1.0:
             self._last_write = now
+            for name, v in self.values.items():
+                d = v - self._pushed[name]
+                if d:
+                    self.counters[name].inc(d)
+                    self._pushed[name] = v
+            if self.path is None:
+                return
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps({**self.values, "pid": os.getpid(), "at": time.time()}))
             os.replace(tmp, self.path)
+
+
+def _start_profile() -> Any:
+    """Development aid: with ``TESSERA_PROFILE=PREFIX`` set, a cProfile of the calling operator's thread, timed
+    in that thread's CPU time (in thread mode every operator shares one interpreter: wall time would count the
+    waits for the GIL); written to ``PREFIX.<operator>.prof`` when the operator closes."""
+    if not os.environ.get("TESSERA_PROFILE"):
+        return None
+    import cProfile
+
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    return prof
+
+
+def _stop_profile(prof: Any, operator: str) -> None:
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(f"{os.environ['TESSERA_PROFILE']}.{operator}.prof")
 
 
 # ---- the operators (built lazily: pyflink is only importable in the Flink environment) ------------------
@@ -265,6 +347,7 @@ def _functions() -> tuple[Any, Any]:
             src = self.gbs[0].source
             self.schema = dict(src.schema)
             self.time_column = src.time_column
+            self.parser = EventParser(self.schema, self.time_column)
             self.lateness = src.allowed_lateness_ms
             self.topic = src.topic
             self.row_fns = [row_function(gb) for gb in self.gbs]
@@ -274,8 +357,10 @@ def _functions() -> tuple[Any, Any]:
                 ["events_in", "events_out", "late", "dead_lettered", "filtered", "end_markers"],
                 self.metrics_dir,
             )
+            self._profile = _start_profile()
 
         def close(self) -> None:
+            _stop_profile(self._profile, f"parse-{self.topic}")
             self.m.maybe_write(force=True)
 
         def _dead(self, raw: str | None, reason: str, ts: int | None) -> tuple[Any, str]:
@@ -286,7 +371,7 @@ def _functions() -> tuple[Any, Any]:
 
         def process_element(self, raw: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
             m = self.m
-            status, event = parse_event(raw, self.schema, self.time_column)
+            status, event = self.parser.parse(raw)
             if status == "marker":
                 m.inc("end_markers")
                 m.maybe_write(force=True)
@@ -358,6 +443,7 @@ def _functions() -> tuple[Any, Any]:
             self.flush_timer_at: int | None = None  # the one pending processing-time (flush) timer, any key
             self.timer_at: dict[str, int] = {}  # the key's pending processing-time timer (see the grid)
             self.dirty_keys: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
+            self.entities: dict[str, tuple[int, bytes]] = {}  # key -> (GroupBy index, encoded entity), cached
             self.next_flush = 0  # processing time (epoch ms) when the next operator-wide flush is due
             self.m = _Metrics(
                 runtime_context,
@@ -366,17 +452,10 @@ def _functions() -> tuple[Any, Any]:
                 s.get("metrics_dir"),
             )
             self.latency = self.m.group.distribution("flush_latency_us")
-            self._profile = None
-            if os.environ.get("TESSERA_PROFILE"):  # development aid: cProfile of the tile operator
-                import cProfile
-
-                self._profile = cProfile.Profile()
-                self._profile.enable()
+            self._profile = _start_profile()
 
         def close(self) -> None:
-            if self._profile is not None:
-                self._profile.disable()
-                self._profile.dump_stats(os.environ["TESSERA_PROFILE"])
+            _stop_profile(self._profile, "tiles")
             self._flush_all()  # memcached only: state already holds every applied row
             self.m.maybe_write(force=True)
             self.store.close()
@@ -399,6 +478,7 @@ def _functions() -> tuple[Any, Any]:
                     for _ in range(len(self.cache) // 4):
                         old, _ = self.cache.popitem(last=False)
                         self.evict_at.pop(old, None)
+                        self.entities.pop(old, None)
             else:
                 self.cache.move_to_end(key)
             return kt
@@ -472,10 +552,14 @@ def _functions() -> tuple[Any, Any]:
                 return
             t0 = time.perf_counter()
             items: dict[str, dict[bytes, bytes]] = {}
+            entities = self.entities
             for key, kt in self.dirty_keys.items():
-                gi, entity = parse_flink_key(key)
+                known = entities.get(key)
+                if known is None:
+                    gi, entity = parse_flink_key(key)
+                    known = entities[key] = (gi, encode_entity(list(entity)))
+                gi, ent = known
                 layout = self.layouts[gi]
-                ent = encode_entity(list(entity))
                 out = items.setdefault(self.datasets[gi], {})
                 for size, ps, v in kt.flush():
                     out[layout.key(ent, tile_suffix(size, ps))] = v

@@ -21,21 +21,22 @@ at flush, keyed state = period values + rows applied since) are what the Flink o
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.encoding import Reader, Writer
+from features.encoding import Reader, Writer, svarint_bytes, uvarint_bytes
 from features.plan import GroupByPlan
 from features.tiles import TILES_FORMAT, StateCodec, Tile, TileKey
 from features.windows import align
+from flink_jobs import jsonio
 
 #: Flushed values: ``(entity parts, size, period start) -> encoded period value``.
 FlushKey = tuple[tuple[Any, ...], int, int]
 
 _I64 = struct.Struct(">q")
+_TILES_FORMAT_BYTE = bytes([TILES_FORMAT])
 SNAPSHOT_FORMAT = 1
 
 
@@ -330,15 +331,17 @@ class PeriodEntry:
     what memcached gets (byte-identical to :meth:`StateCodec.encode_period`), and an update re-encodes one tile.
     """
 
-    __slots__ = ("encoded", "period_start", "size", "tiles")
+    __slots__ = ("encoded", "head", "period_start", "size", "tiles")
 
     def __init__(self, size_ms: int, period_start_ms: int) -> None:
         self.size = size_ms
         self.period_start = period_start_ms
         # tile start -> [max_ts, decoded IRs or None, encoded IRs or None (stale), payload cache or None,
-        #                shared: the IR list (and cache) is the same object as the next smaller level's tile's]
+        #                shared: the IR list (and cache) is the same object as the next smaller level's tile's,
+        #                the tile's bytes in the period value (index, max ts, IRs) or None (stale)]
         self.tiles: dict[int, list[Any]] = {}
         self.encoded: bytes | None = None  # the value's bytes while no tile changed since
+        self.head = _TILES_FORMAT_BYTE + uvarint_bytes(size_ms) + svarint_bytes(period_start_ms)
 
     @classmethod
     def from_value(cls, data: bytes) -> PeriodEntry:
@@ -351,7 +354,7 @@ class PeriodEntry:
         for _ in range(r.uvarint()):
             start = entry.period_start + r.uvarint() * entry.size
             max_ts = start + r.svarint()
-            entry.tiles[start] = [max_ts, None, r.raw(), None, False]
+            entry.tiles[start] = [max_ts, None, r.raw(), None, False, None]
         r.done()
         entry.encoded = bytes(data)
         return entry
@@ -366,7 +369,7 @@ class PeriodEntry:
         start = ts - ts % self.size
         tile = self.tiles.get(start)
         if tile is None:
-            tile = self.tiles[start] = [ts, codec.init(), None, codec.new_payloads(), False]
+            tile = self.tiles[start] = [ts, codec.init(), None, codec.new_payloads(), False, None]
         elif tile[1] is None:
             tile[1], tile[3] = codec.decode_tracked(tile[2])
         elif tile[4]:
@@ -375,29 +378,37 @@ class PeriodEntry:
         if ts > tile[0]:
             tile[0] = ts
         tile[2] = codec.encode_tracked(tile[1], tile[3]) if encode else None
+        tile[5] = None
         self.encoded = None
 
     def value(self, codec: StateCodec | None = None) -> bytes:
         """The period value; tiles left stale by ``update(..., encode=False)`` are encoded now (needs ``codec``).
-        Cached until the next update: a flush and the compaction after it encode once."""
+        Cached until the next update: a flush and the compaction after it encode once. Each tile's part of the
+        value is cached too, so a period whose other tiles did not change re-encodes only the changed one."""
         if self.encoded is not None:
             return self.encoded
-        w = Writer()
-        w.buf.append(TILES_FORMAT)
-        w.uvarint(self.size)
-        w.svarint(self.period_start)
-        w.uvarint(len(self.tiles))
-        for start in sorted(self.tiles):
-            tile = self.tiles[start]
-            max_ts, enc = tile[0], tile[2]
-            if enc is None:
-                if codec is None:
-                    raise ValueError("stale tiles: value() needs the codec")
-                enc = tile[2] = codec.encode_tracked(tile[1], tile[3])
-            w.uvarint((start - self.period_start) // self.size)
-            w.svarint(max_ts - start)
-            w.raw(enc)
-        self.encoded = w.getvalue()
+        tiles = self.tiles
+        size, ps = self.size, self.period_start
+        parts = [self.head, uvarint_bytes(len(tiles))]
+        for start in sorted(tiles):
+            tile = tiles[start]
+            seg = tile[5]
+            if seg is None:
+                enc = tile[2]
+                if enc is None:
+                    if codec is None:
+                        raise ValueError("stale tiles: value() needs the codec")
+                    enc = tile[2] = codec.encode_tracked(tile[1], tile[3])
+                seg = tile[5] = b"".join(
+                    (
+                        uvarint_bytes((start - ps) // size),
+                        svarint_bytes(tile[0] - start),
+                        uvarint_bytes(len(enc)),
+                        enc,
+                    )
+                )
+            parts.append(seg)
+        self.encoded = b"".join(parts)
         return self.encoded
 
 
@@ -413,11 +424,12 @@ def period_state_key(size_ms: int, period_start_ms: int) -> str:
 
 def encode_row(row: Mapping[str, Any]) -> bytes:
     """A projected row as state bytes (JSON: the row logic's values are JSON scalars)."""
-    return json.dumps(row, separators=(",", ":"), allow_nan=True).encode()
+    return jsonio.dumps(row if isinstance(row, dict) else dict(row))
 
 
 def decode_row(data: bytes) -> dict[str, Any]:
-    return json.loads(data)
+    row: dict[str, Any] = jsonio.loads(data)
+    return row
 
 
 class KeyTiles:
@@ -486,12 +498,12 @@ class KeyTiles:
             if tile is None:
                 old = None
                 if prev is not None and prev_old is None:  # the smaller tile is new too: same single row
-                    tile = [ts, prev[1], None, prev[3], True]
+                    tile = [ts, prev[1], None, prev[3], True, None]
                 else:
                     irs = codec.init()
                     cache = codec.new_payloads()
                     codec.update_tracked(irs, row, cache)
-                    tile = [ts, irs, None, cache, False]
+                    tile = [ts, irs, None, cache, False, None]
                 entry.tiles[start] = tile
             else:
                 if tile[1] is None:
@@ -507,7 +519,7 @@ class KeyTiles:
                     codec.update_tracked(tile[1], row, tile[3])
                 if ts > tile[0]:
                     tile[0] = ts
-            tile[2] = None
+            tile[2] = tile[5] = None
             entry.encoded = None
             prev, prev_old = tile, old
             self.dirty.add(pk)

@@ -67,3 +67,68 @@ def test_latest_complete_checkpoint(tmp_path: Path) -> None:
             (chk / "_metadata").write_bytes(b"x")
     found = latest_checkpoint(tmp_path)
     assert found is not None and found.name in {"chk-3", "chk-1"} and (found / "_metadata").exists()
+
+
+_JSONIO_CHECK = r"""
+import json, math, sys
+from flink_jobs import jsonio
+texts = [
+    '{"a": 1, "b": 2.5, "c": "x", "d": null, "e": true}', '{"a": NaN}', '{"a": -Infinity}', '{"a": 1e400}',
+    '{"a": 123456789012345678901234567890}', '{"a": -9223372036854775809}', '{"a": 18446744073709551615}',
+    '{"a": 1e19}', '{"a": [1, 2]}', '{"a": {"b": 1}}', '[1]', '7', '{"a": 1, "a": 2}', '{"a": "\\ud800"}',
+]
+def same(x, y):
+    return repr(x) == repr(y) and type(x) is type(y)
+for t in texts:
+    for raw in (t, t.encode()):
+        assert same(jsonio.loads(raw), json.loads(raw)), t
+for bad in ['{bad', '', '{"a": 1,}', '[1] x']:
+    try:
+        jsonio.loads(bad)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(bad)
+for row in [{"a": 1.5, "b": "é", "c": None, "d": True}, {"a": math.inf}, {"a": math.nan}, {"a": 2**70},
+            {"a": -(2**63) - 1}, {"a": 0.1 + 0.2, "b": -0.0, "c": 5e-324}]:
+    back = jsonio.loads(jsonio.dumps(row))
+    assert repr(back) == repr(row), (row, back)
+print("orjson" if jsonio._orjson is not None else "json")
+"""
+
+
+@pytest.mark.parametrize("env", ["main", "flink"])
+def test_fast_json_reads_and_writes_what_the_standard_library_does(env: str, flink_python: Path) -> None:
+    """``flink_jobs.jsonio`` (orjson in the Flink environment, json in the main one): same values, same errors."""
+    import subprocess
+    import sys
+
+    python = sys.executable if env == "main" else str(flink_python)
+    out = subprocess.run(
+        [python, "-c", _JSONIO_CHECK], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("orjson" if env == "flink" else "json")
+
+
+@pytest.mark.parametrize(
+    "part", ["m_000014", "a b/c", 'q"uote', "back\\slash", "tab\t", "é", "\x7f", "", "x\x1fy", 12, None, 1.5]
+)
+def test_one_part_keys_are_spelled_as_json_spells_them(part: object) -> None:
+    import json
+
+    assert flink_key(3, (part,)) == f"3\x1f{json.dumps([part], separators=(',', ':'))}"
+    assert parse_flink_key(flink_key(3, (part,))) == (3, (part,))
+
+
+def test_the_job_parser_agrees_with_the_type_rules(source: SourcePlan) -> None:
+    """EventParser (class lookups) against _type_ok (isinstance) for every JSON value kind in every field."""
+    from flink_jobs.job import EventParser, _type_ok
+
+    row = generate(seed=1, days=1, events_per_day=50).payments.to_pylist()[0]
+    parser = EventParser(dict(source.schema), source.time_column)
+    for field, declared in source.schema.items():
+        for bad in [None, True, 0, 1.5, "s", [1], {"a": 1}]:
+            status, _ = parser.parse(encode_value({**row, field: bad}).decode())
+            expected = _type_ok(bad, declared) and (field != source.time_column or type(bad) is int)
+            assert (status == "ok") == expected, (field, bad, status)
