@@ -54,6 +54,7 @@ from kvstore.errors import PartialWriteError, ValueTooLargeError
 from kvstore.ring import HashRing
 
 _MAX_KEY = 250
+_MEMO_SIZE = 100_000  # entities whose node is remembered (then the memo starts over)
 _THIRTY_DAYS_S = 30 * 24 * 3600
 # memcached's per-item header (item struct, CAS, flags, CRLF) upper bound, from memcached 1.6 item_make_header.
 ITEM_OVERHEAD_BYTES = 96
@@ -211,6 +212,7 @@ class MemcachedStore(ClosedMixin, KVStore):
         self._route = route
         self._item_size_max = item_size_max
         self._ring = HashRing([f"{h}:{p}" for h, p in addrs])
+        self._node_of_token: dict[bytes, int] = {}
 
         def client(h: str, p: int, timeout: float) -> PooledClient:
             return PooledClient(
@@ -250,13 +252,23 @@ class MemcachedStore(ClosedMixin, KVStore):
 
     def node_of(self, key: bytes) -> str:
         """Name (``host:port``) of the node that holds ``key``."""
-        return self._nodes[self._ring.node_for(self._route(key))].name
+        return self._nodes[self._node_index(key)].name
+
+    def _node_index(self, key: bytes) -> int:
+        """Index of the node that holds ``key`` (remembered per entity: a fetch asks for several keys of each)."""
+        token = self._route(key)
+        i = self._node_of_token.get(token)
+        if i is None:
+            if len(self._node_of_token) >= _MEMO_SIZE:
+                self._node_of_token.clear()
+            i = self._node_of_token[token] = self._ring.node_for(token)
+        return i
 
     def _group(self, dataset: str, keys: Sequence[bytes]) -> dict[int, dict[bytes, bytes]]:
         """Node index → {memcached key: key}."""
         groups: dict[int, dict[bytes, bytes]] = defaultdict(dict)
         for k in keys:
-            groups[self._ring.node_for(self._route(k))][self.memcached_key(dataset, k)] = k
+            groups[self._node_index(k)][self.memcached_key(dataset, k)] = k
         return groups
 
     # -- node calls with dead-node handling ----------------------------------------------------------------
@@ -442,7 +454,7 @@ class MemcachedStore(ClosedMixin, KVStore):
             check_name("dataset", dataset)
             check_keys(keys)
             for k in keys:
-                groups[self._ring.node_for(self._route(k))][self.memcached_key(dataset, k)] = (dataset, k)
+                groups[self._node_index(k)][self.memcached_key(dataset, k)] = (dataset, k)
         values: dict[str, dict[bytes, bytes]] = {dataset: {} for dataset in requests}
         unavailable: dict[str, set[bytes]] = defaultdict(set)
         for i, got in self._read_nodes({i: list(g) for i, g in groups.items()}).items():
