@@ -12,7 +12,9 @@ exactly which fields a caller sends. A store that is down or slow never turns in
 Per request, the hot routes keep the framework's work small: the body is validated by its pydantic model, but
 the answer (~160 values) is written as JSON bytes directly (``orjson`` when installed, else the standard
 library; NaN and infinities become null either way) instead of building and re-validating the response models,
-which stay in the OpenAPI document. ``blocking="inline"`` (the default) runs fetch and decision in the event
+which stay in the OpenAPI document. A plain request to a hot route does not even reach FastAPI's router:
+:class:`HotRoutes` validates it with the same model and writes the same answer (anything else, errors included,
+is FastAPI's). ``blocking="inline"`` (the default) runs fetch and decision in the event
 loop's thread: both are CPU-bound Python, so a worker thread only adds two thread switches per request; a slow
 store is bounded by the fetch's own budgets. ``blocking="threads"`` runs them in at most ``threads`` worker
 threads instead, which overlaps one request's waits (store round trips, thread wake-ups) with another's work.
