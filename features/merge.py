@@ -163,13 +163,65 @@ class MergeProgram:
         self.horizon_ms = gb.stream.horizon_ms if gb.stream else 0
         self.period_of = dict(codec.period_of)
         self._last: tuple[int, int, Layout] | None = None
+        # Layouts within one smallest tile are alike (see layout): kept per (tile start, t on it, boundary).
+        self._bucket_ms = self._bucket_size()
+        self._templates: dict[tuple[int, bool, int], tuple[Layout, tuple[WindowLayout | None, ...]]] = {}
+
+    def _bucket_size(self) -> int:
+        """The smallest tile size when every window length, offset and hop and the stream horizon are
+        multiples of it (then, for ``t`` within one smallest tile, a layout differs only in the ``end`` of the
+        windows that end at ``t``), else 0."""
+        if not self.sizes:
+            return 0
+        s = self.sizes[0]
+        spans = [self.horizon_ms, DAY_MS]
+        for w in self.windows:
+            spans += [w.hop_ms, w.offset_ms] + ([w.length_ms] if w.length_ms is not None else [])
+        return s if all(x % s == 0 for x in spans) else 0
 
     # ---- where the windows lie ---------------------------------------------------------------------------
     def layout(self, t_ms: int, boundary_ms: int) -> Layout:
-        """Where every window lies at ``t`` (see :class:`Layout`). The last query's answer is kept."""
+        """Where every window lies at ``t`` (see :class:`Layout`). The last query's answer is kept.
+
+        With a smallest tile size ``s`` that divides every window's length, offset and hop, the horizon and
+        the day, and a boundary on the ``s`` grid, every window start, cover and period value needed is the
+        same for all ``t`` in ``(a, a + s)`` (``a = align(t, s)``), and for ``t = a``: only the windows without
+        an offset end at ``t``. So the layout of the first such ``t`` is kept as a template, and a later ``t``
+        in the same place only gets new :class:`WindowLayout` objects for those windows (``_compute`` is the
+        definition; a test checks the two agree)."""
         last = self._last
         if last is not None and last[0] == t_ms and last[1] == boundary_ms:
             return last[2]
+        s = self._bucket_ms
+        if s and boundary_ms % s == 0:
+            a = t_ms - t_ms % s
+            key = (a, t_ms == a, boundary_ms)
+            template = self._templates.get(key)
+            if template is None:
+                full = self._compute(t_ms, boundary_ms)
+                at_t = tuple(None if w.offset_ms == 0 else lay for w, lay in zip(self.windows, full.windows))
+                if len(self._templates) >= 16:  # query times move forward: the old ones are not asked again
+                    self._templates.clear()
+                self._templates[key] = template = (full, at_t)
+                result = full
+            else:
+                base, at_t = template
+                batch_end = min(t_ms, boundary_ms)
+                result = Layout(
+                    tuple(
+                        WindowLayout(lay.start, t_ms, batch_end, lay.cover) if fixed is None else fixed
+                        for lay, fixed in zip(base.windows, at_t)
+                    ),
+                    base.covers,
+                    base.needs,
+                )
+        else:
+            result = self._compute(t_ms, boundary_ms)
+        self._last = (t_ms, boundary_ms, result)
+        return result
+
+    def _compute(self, t_ms: int, boundary_ms: int) -> Layout:
+        """:meth:`layout` from the definitions (window intervals, covers, period values)."""
         sizes = self.sizes
         windows = []
         covers: list[tuple[Run, ...]] = []
@@ -202,9 +254,7 @@ class MergeProgram:
                                 needs[(size, pstart)] = tile_end
                             x = pstart + period
             windows.append(WindowLayout(start, end, min(end, boundary_ms), ci))
-        result = Layout(tuple(windows), tuple(covers), needs)
-        self._last = (t_ms, boundary_ms, result)
-        return result
+        return Layout(tuple(windows), tuple(covers), needs)
 
     # ---- the merge ---------------------------------------------------------------------------------------
     def run(

@@ -4,14 +4,22 @@ Contracts:
 
 * Placement: a key goes to the node that owns :func:`kvstore.codec.route_token` of it (its entity) on a
   :class:`~kvstore.ring.HashRing`, so all values of one entity share a node and a ``multi_get`` costs one
-  ``get_many`` round trip per node touched. Requests to several nodes run concurrently.
+  ``get`` round trip per node touched. Reads ask every node touched at once from the calling thread (the
+  request goes to each node before any answer is read, then the answers are read as they arrive, over
+  non-blocking sockets kept per node), so a read that touches three nodes waits for the slowest one, not the
+  sum, and hands nothing to other threads. Writes go to several nodes concurrently (worker threads).
 * Budget: a read returns within about ``connect_timeout_s + timeout_s`` (its *budget*, :attr:`budget_s`)
   whatever a node does; a write within ``connect_timeout_s + write_timeout_s`` (writers flush in the background
-  and would rather wait than drop). A node that fails or times out is marked dead for ``dead_timeout_s``: meanwhile its keys are
-  reported unavailable at once, then one call probes it again. Other nodes keep answering.
+  and would rather wait than drop). A call that fails or misses its budget on a node reports that node's keys
+  unavailable (other nodes keep answering); ``dead_after`` such misses in a row (default 3) mark the node dead
+  for ``dead_timeout_s``: meanwhile its keys are reported unavailable at once, then calls probe it again (one
+  more miss marks it dead again; an answer clears the count). One miss is not enough: on a CPU-starved machine
+  a live node's answer can come late because the *client* did not run, and taking it for dead would degrade
+  every read of its keys for ``dead_timeout_s``.
 * ``multi_get`` returns the values from reachable nodes; :meth:`MemcachedStore.multi_get_report` also says which
   keys could not be asked. :meth:`MemcachedStore.multi_get_many` does the same for several datasets at once, still
-  one ``get_many`` per node touched (a fetch reading six stream datasets of one entity makes one round trip). ``multi_put`` writes what it can and then raises
+  one ``get`` per node touched (a fetch reading six stream datasets of one entity makes one round trip).
+  ``multi_put`` writes what it can and then raises
   :class:`~kvstore.errors.PartialWriteError` naming the keys it could not write (retry them: upserts are
   idempotent).
 * Expiry: every value is set with ``ttl_s`` (must outlive the longest window that reads it); TTLs over 30 days are
@@ -25,7 +33,10 @@ Contracts:
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
+import select
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -43,6 +54,7 @@ from kvstore.errors import PartialWriteError, ValueTooLargeError
 from kvstore.ring import HashRing
 
 _MAX_KEY = 250
+_MEMO_SIZE = 100_000  # entities whose node is remembered (then the memo starts over)
 _THIRTY_DAYS_S = 30 * 24 * 3600
 # memcached's per-item header (item struct, CAS, flags, CRLF) upper bound, from memcached 1.6 item_make_header.
 ITEM_OVERHEAD_BYTES = 96
@@ -60,10 +72,13 @@ class GetResult:
 @dataclass
 class _Node:
     name: str
+    address: tuple[str, int]
     client: PooledClient
     write_client: PooledClient
     executor: ThreadPoolExecutor
     dead_until: float = 0.0
+    misses: int = 0  # failed or late calls in a row
+    idle: list[socket.socket] = field(default_factory=list)  # connected non-blocking sockets for reads
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -94,8 +109,72 @@ def memcached_expire(ttl_s: int, now: float | None = None) -> int:
     return int((time.time() if now is None else now) + ttl_s)
 
 
-def _get_many(mkeys: list[bytes]) -> Callable[[PooledClient], object]:
-    return lambda c: c.get_many(mkeys)
+def _get_command(mkeys: Sequence[bytes]) -> bytes:
+    """The text-protocol request for ``mkeys`` (one ``get`` of all of them)."""
+    return b"get " + b" ".join(mkeys) + b"\r\n"
+
+
+class _NodeError(Exception):
+    """A node answered something other than values (or closed the connection)."""
+
+
+class _Read:
+    """One node's part of a read: its socket, the request still to send, the answer read so far."""
+
+    __slots__ = ("buf", "connecting", "done", "i", "out", "pos", "sock", "values")
+
+    def __init__(self, i: int, sock: socket.socket, out: bytes, connecting: bool) -> None:
+        self.i = i
+        self.sock = sock
+        self.out = out
+        self.connecting = connecting
+        self.buf = bytearray()
+        self.pos = 0
+        self.values: dict[bytes, bytes] = {}
+        self.done = False
+
+    def send(self) -> None:
+        """Send what the socket takes now (raises OSError)."""
+        if self.connecting:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, errno.errorcode.get(err, "connect failed"))
+            self.connecting = False
+        try:
+            n = self.sock.send(self.out)
+        except BlockingIOError:
+            return
+        self.out = self.out[n:]
+
+    def receive(self) -> None:
+        """Read what has arrived and parse it; ``done`` once ``END`` came (raises OSError, _NodeError)."""
+        try:
+            data = self.sock.recv(262144)
+        except BlockingIOError:
+            return
+        if not data:
+            raise _NodeError("connection closed by the server")
+        self.buf += data
+        buf, pos = self.buf, self.pos
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            if buf.startswith(b"VALUE ", pos):
+                head = bytes(buf[pos + 6 : eol]).split()  # key flags bytes [cas]
+                n = int(head[2])
+                end = eol + 2 + n
+                if len(buf) < end + 2:
+                    break  # the value is still arriving
+                self.values[head[0]] = bytes(buf[eol + 2 : end])
+                pos = end + 2
+            elif eol == pos + 3 and buf.startswith(b"END", pos):
+                self.done = True
+                pos = eol + 2
+                break
+            else:
+                raise _NodeError(bytes(buf[pos:eol]).decode("ascii", "replace")[:200])
+        self.pos = pos
 
 
 def _set_many(payload: dict[bytes, bytes], expire: int) -> Callable[[PooledClient], object]:
@@ -116,18 +195,24 @@ class MemcachedStore(ClosedMixin, KVStore):
         timeout_s: float = 0.1,
         write_timeout_s: float = 1.0,
         dead_timeout_s: float = 4.0,
+        dead_after: int = 3,
         pool_size: int = 8,
         item_size_max: int | None = None,
         route: Callable[[bytes], bytes] = codec.route_token,
     ) -> None:
         addrs = [parse_server(s) for s in servers]
         self.ttl_s = ttl_s
+        if dead_after < 1:
+            raise ValueError(f"dead_after={dead_after}: a node is marked dead after at least 1 miss")
         self.dead_timeout_s = dead_timeout_s
+        self.dead_after = dead_after
+        self.pool_size = pool_size
         self.budget_s = connect_timeout_s + timeout_s
         self.write_budget_s = connect_timeout_s + write_timeout_s
         self._route = route
         self._item_size_max = item_size_max
         self._ring = HashRing([f"{h}:{p}" for h, p in addrs])
+        self._node_of_token: dict[bytes, int] = {}
 
         def client(h: str, p: int, timeout: float) -> PooledClient:
             return PooledClient(
@@ -142,6 +227,7 @@ class MemcachedStore(ClosedMixin, KVStore):
         self._nodes = [
             _Node(
                 name=f"{h}:{p}",
+                address=(h, p),
                 client=client(h, p, timeout_s),
                 write_client=client(h, p, write_timeout_s),
                 executor=ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=f"memcached-{p}"),
@@ -166,36 +252,56 @@ class MemcachedStore(ClosedMixin, KVStore):
 
     def node_of(self, key: bytes) -> str:
         """Name (``host:port``) of the node that holds ``key``."""
-        return self._nodes[self._ring.node_for(self._route(key))].name
+        return self._nodes[self._node_index(key)].name
+
+    def _node_index(self, key: bytes) -> int:
+        """Index of the node that holds ``key`` (remembered per entity: a fetch asks for several keys of each)."""
+        token = self._route(key)
+        i = self._node_of_token.get(token)
+        if i is None:
+            if len(self._node_of_token) >= _MEMO_SIZE:
+                self._node_of_token.clear()
+            i = self._node_of_token[token] = self._ring.node_for(token)
+        return i
 
     def _group(self, dataset: str, keys: Sequence[bytes]) -> dict[int, dict[bytes, bytes]]:
         """Node index → {memcached key: key}."""
         groups: dict[int, dict[bytes, bytes]] = defaultdict(dict)
         for k in keys:
-            groups[self._ring.node_for(self._route(k))][self.memcached_key(dataset, k)] = k
+            groups[self._node_index(k)][self.memcached_key(dataset, k)] = k
         return groups
 
     # -- node calls with dead-node handling ----------------------------------------------------------------
     def _alive(self, node: _Node) -> bool:
         return time.monotonic() >= node.dead_until
 
-    def _mark_dead(self, node: _Node) -> None:
-        node.dead_until = time.monotonic() + self.dead_timeout_s
+    def _missed(self, node: _Node) -> None:
+        """A call on ``node`` failed or came too late: after ``dead_after`` in a row, the node is dead for a
+        while (a probe that misses again renews that at once, as the count is still past the limit)."""
+        node.misses += 1
+        if node.misses >= self.dead_after:
+            node.dead_until = time.monotonic() + self.dead_timeout_s
+
+    @staticmethod
+    def _answered(node: _Node) -> None:
+        node.misses = 0
 
     def _call(self, node: _Node, fn: Callable[[PooledClient], object], write: bool = False) -> object | None:
-        """Run ``fn`` on ``node``; None if the node is dead or fails (then it is marked dead)."""
+        """Run ``fn`` on ``node``; None if the node is dead or fails (a miss, see :meth:`_missed`)."""
         if not self._alive(node):
             return None
         try:
-            return fn(node.write_client if write else node.client)
+            result = fn(node.write_client if write else node.client)
         except MemcacheServerError as e:
             if "too large" in str(e):
                 raise ValueTooLargeError(f"memcached {node.name} refused a value as too large: {e}") from e
-            self._mark_dead(node)
+            self._missed(node)
             return None
         except Exception:  # socket errors, timeouts, unexpected close: the node is unavailable
-            self._mark_dead(node)
+            self._missed(node)
             return None
+        self._answered(node)
+        return result
 
     def _fan_out(
         self, tasks: dict[int, Callable[[PooledClient], object]], write: bool = False
@@ -212,10 +318,103 @@ class MemcachedStore(ClosedMixin, KVStore):
         results: dict[int, object | None] = {first_i: self._call(self._nodes[first_i], first_fn, write)}
         wait_futures(list(futures.values()), timeout=max(0.0, deadline - time.monotonic()))
         for i, fut in futures.items():
-            # Not done: the call's budget is spent; report the node's keys unavailable. The worker marks the node
-            # dead itself if its socket times out (a late answer from a merely slow node does not).
+            # Not done: the call's budget is spent; report the node's keys unavailable. The worker counts a miss
+            # itself if its socket times out (a late answer from a merely slow node does not).
             results[i] = fut.result() if fut.done() else None
         return results
+
+    def _connect(self, node: _Node) -> tuple[socket.socket, bool]:
+        """A connected socket to ``node`` from its pool, or a new one (``True``: its connect is under way)."""
+        try:
+            return node.idle.pop(), False
+        except IndexError:
+            pass
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in node.address[0] else socket.AF_INET, socket.SOCK_STREAM
+        )
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            err = sock.connect_ex(node.address)
+        except OSError:
+            sock.close()
+            raise
+        if err in (0, errno.EISCONN):
+            return sock, False
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            return sock, True
+        sock.close()
+        raise OSError(err, errno.errorcode.get(err, "connect failed"))
+
+    def _read_nodes(self, groups: Mapping[int, Sequence[bytes]]) -> dict[int, dict[bytes, bytes] | None]:
+        """One ``get`` per node (node index → memcached keys), in this thread: every request is sent before any
+        answer is read, then the answers are read as they arrive until all came or the budget is spent.
+        Node index → {memcached key: value found}, or None for a node that is dead, failed or too late."""
+        results: dict[int, dict[bytes, bytes] | None] = {}
+        reads: dict[int, _Read] = {}  # file descriptor → the node's read
+        deadline = time.monotonic() + self.budget_s
+        for i, mkeys in groups.items():
+            node = self._nodes[i]
+            if not self._alive(node):
+                results[i] = None
+                continue
+            try:
+                sock, connecting = self._connect(node)
+            except OSError:
+                self._missed(node)
+                results[i] = None
+                continue
+            r = _Read(i, sock, _get_command(mkeys), connecting)
+            if not connecting:
+                try:
+                    r.send()
+                except OSError:
+                    self._fail_read(r)
+                    results[i] = None
+                    continue
+            reads[sock.fileno()] = r
+        poller = select.poll() if reads else None
+        for fd, r in reads.items():
+            assert poller is not None
+            poller.register(fd, select.POLLOUT if r.out else select.POLLIN)
+        while reads:
+            assert poller is not None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, event in poller.poll(left * 1000.0):
+                r = reads[fd]
+                try:
+                    if r.out:
+                        r.send()
+                        if not r.out:
+                            poller.modify(fd, select.POLLIN)
+                    elif event & (select.POLLIN | select.POLLERR | select.POLLHUP):
+                        r.receive()
+                except (OSError, ValueError, IndexError, _NodeError):
+                    poller.unregister(fd)
+                    del reads[fd]
+                    self._fail_read(r)
+                    results[r.i] = None
+                    continue
+                if r.done:
+                    poller.unregister(fd)
+                    del reads[fd]
+                    node = self._nodes[r.i]
+                    self._answered(node)
+                    results[r.i] = r.values
+                    if r.pos == len(r.buf) and len(node.idle) < self.pool_size and not self._closed:
+                        node.idle.append(r.sock)
+                    else:
+                        r.sock.close()
+        for r in reads.values():  # the budget is spent: these nodes are too slow this time
+            self._fail_read(r)
+            results[r.i] = None
+        return results
+
+    def _fail_read(self, r: _Read) -> None:
+        r.sock.close()  # its answer (if any comes) belongs to no later request
+        self._missed(self._nodes[r.i])
 
     # -- the interface -------------------------------------------------------------------------------------
     def multi_get_report(self, dataset: str, keys: Sequence[bytes]) -> GetResult:
@@ -224,18 +423,17 @@ class MemcachedStore(ClosedMixin, KVStore):
         check_name("dataset", dataset)
         check_keys(keys)
         groups = self._group(dataset, keys)
-        tasks = {i: _get_many(list(g)) for i, g in groups.items()}
         values: dict[bytes, bytes] = {}
         unavailable: set[bytes] = set()
-        for i, got in self._fan_out(tasks).items():
+        for i, got in self._read_nodes({i: list(g) for i, g in groups.items()}).items():
             g = groups[i]
             if got is None:
                 unavailable.update(g.values())
                 continue
-            assert isinstance(got, dict)
             for mk, blob in got.items():
-                k = g[mk]
-                values[k] = codec.unseal(blob, key=k)
+                k = g.get(mk)
+                if k is not None:
+                    values[k] = codec.unseal(blob, key=k)
         return GetResult(values, frozenset(unavailable))
 
     def multi_get(self, dataset: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -244,7 +442,7 @@ class MemcachedStore(ClosedMixin, KVStore):
     def multi_get_many(
         self, requests: Mapping[str, Sequence[bytes]]
     ) -> tuple[dict[str, dict[bytes, bytes]], dict[str, frozenset[bytes]]]:
-        """Several datasets in one ``get_many`` per node touched (all nodes asked concurrently).
+        """Several datasets in one ``get`` per node touched (all nodes asked at once).
 
         ``{dataset: keys}`` → ``({dataset: {key: value}}, {dataset: keys whose node was unavailable})``; every
         requested dataset appears in the first mapping, only datasets with unavailable keys in the second.
@@ -256,20 +454,20 @@ class MemcachedStore(ClosedMixin, KVStore):
             check_name("dataset", dataset)
             check_keys(keys)
             for k in keys:
-                groups[self._ring.node_for(self._route(k))][self.memcached_key(dataset, k)] = (dataset, k)
+                groups[self._node_index(k)][self.memcached_key(dataset, k)] = (dataset, k)
         values: dict[str, dict[bytes, bytes]] = {dataset: {} for dataset in requests}
         unavailable: dict[str, set[bytes]] = defaultdict(set)
-        tasks = {i: _get_many(list(g)) for i, g in groups.items()}
-        for i, got in self._fan_out(tasks).items():
+        for i, got in self._read_nodes({i: list(g) for i, g in groups.items()}).items():
             g = groups[i]
             if got is None:
                 for dataset, k in g.values():
                     unavailable[dataset].add(k)
                 continue
-            assert isinstance(got, dict)
             for mk, blob in got.items():
-                dataset, k = g[mk]
-                values[dataset][k] = codec.unseal(blob, key=k)
+                entry = g.get(mk)
+                if entry is not None:
+                    dataset, k = entry
+                    values[dataset][k] = codec.unseal(blob, key=k)
         return values, {dataset: frozenset(ks) for dataset, ks in unavailable.items()}
 
     def item_size_max(self) -> int:
@@ -325,3 +523,5 @@ class MemcachedStore(ClosedMixin, KVStore):
             node.executor.shutdown(wait=False, cancel_futures=True)
             node.client.close()
             node.write_client.close()
+            while node.idle:
+                node.idle.pop().close()

@@ -12,7 +12,9 @@ exactly which fields a caller sends. A store that is down or slow never turns in
 Per request, the hot routes keep the framework's work small: the body is validated by its pydantic model, but
 the answer (~160 values) is written as JSON bytes directly (``orjson`` when installed, else the standard
 library; NaN and infinities become null either way) instead of building and re-validating the response models,
-which stay in the OpenAPI document. ``blocking="inline"`` (the default) runs fetch and decision in the event
+which stay in the OpenAPI document. A plain request to a hot route does not even reach FastAPI's router:
+:class:`HotRoutes` validates it with the same model and writes the same answer (anything else, errors included,
+is FastAPI's). ``blocking="inline"`` (the default) runs fetch and decision in the event
 loop's thread: both are CPU-bound Python, so a worker thread only adds two thread switches per request; a slow
 store is bounded by the fetch's own budgets. ``blocking="threads"`` runs them in at most ``threads`` worker
 threads instead, which overlaps one request's waits (store round trips, thread wake-ups) with another's work.
@@ -107,6 +109,18 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False, default=_plain).encode()
 
 
+def dumps_str_keys(obj: Any) -> bytes:
+    """:func:`dumps` of an object whose maps all have ``str`` keys: the same bytes, but the standard library's
+    C encoder runs on it directly, and only an object holding a NaN or an infinity (which that encoder
+    refuses) is walked by :func:`_clean` first. (With ``str`` keys, :func:`_clean` changes nothing else.)"""
+    if _orjson is not None:
+        return dumps(obj)
+    try:
+        return _encode_strict(obj).encode()
+    except (ValueError, TypeError):  # a NaN or an infinity somewhere (or a key that is not a string)
+        return dumps(obj)
+
+
 def _plain(v: Any) -> Any:
     item = getattr(v, "item", None)  # numpy scalars and 0-d arrays
     if item is not None:
@@ -114,8 +128,11 @@ def _plain(v: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(v).__name__}")
 
 
-def _json_response(obj: Any) -> Response:
-    return Response(content=dumps(obj), media_type="application/json")
+_encode_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain).encode
+
+
+def _json_response(content: bytes) -> Response:
+    return Response(content=content, media_type="application/json")
 
 
 def _clean(v: Any) -> Any:
@@ -127,6 +144,126 @@ def _clean(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_clean(x) for x in v]
     return v
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class HotRoutes:
+    """ASGI middleware that answers the hot routes (``POST /v1/features/{join}``, ``POST /v1/decide``) without
+    FastAPI's routing, dependency solving and response classes, which cost about as much CPU per request as a
+    warm fetch. It serves a request only when it can do exactly what the FastAPI route would:
+
+    * the bearer token (when one is configured) is right,
+    * the content type is absent or ``application/json``,
+    * the query string is empty or exactly ``at_ms=<digits>`` within ``[0, MAX_AT_MS]``,
+    * the body is JSON that the route's body model accepts (``json.loads`` then ``model_validate``, the steps
+      FastAPI takes),
+
+    and then it calls the same answer function and writes the same bytes, with the same headers. Anything else
+    (a wrong token, a body the model refuses, an error while answering, another route) goes to the FastAPI
+    app with the body replayed, so every error answer (401, 422, 500...) stays FastAPI's own.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        routes: Mapping[str, tuple[type[BaseModel], Callable[[Mapping[str, Any], int | None], bytes]]],
+        token: str | None,
+        call: Callable[..., Awaitable[Any]],
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.token = token
+        self.call = call
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        route = None
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            route = self.routes.get(scope["path"])
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it as it would
+                await self.app(scope, _Replay(chunks, message, receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        answer = None
+        request = self._request(scope, route[0], body)
+        if request is not None:
+            try:
+                answer = await self.call(route[1], request[0], request[1])
+            except Exception:  # FastAPI's error handling answers it, as it would have
+                answer = None
+        if answer is None:
+            await self.app(scope, _Replay([body], None, receive), send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(answer)).encode()), *_JSON_HEADERS],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    def _request(
+        self, scope: Any, model: type[BaseModel], body: bytes
+    ) -> tuple[dict[str, Any], int | None] | None:
+        """The validated body (as ``model_dump``) and ``at_ms``, or None when FastAPI should decide."""
+        try:
+            content_type = auth = None
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    content_type = value
+                elif name == b"authorization":
+                    auth = value
+            media = content_type.split(b";", 1)[0].strip().lower() if content_type is not None else None
+            if media not in (None, b"application/json"):
+                return None
+            if self.token is not None:
+                scheme, _, given = (auth or b"").decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), self.token):
+                    return None
+            at_ms = None
+            query = scope.get("query_string", b"")
+            if query:
+                name, eq, value = query.partition(b"=")
+                if name != b"at_ms" or not eq or not value.isdigit():  # (bytes.isdigit: ASCII digits only)
+                    return None
+                at_ms = int(value)
+                if at_ms > MAX_AT_MS:
+                    return None
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                return None
+            return model.model_validate(data).model_dump(), at_ms
+        except Exception:  # not JSON, a body the model refuses, an odd header: FastAPI answers it
+            return None
+
+
+class _Replay:
+    """An ASGI ``receive`` that gives back a body already read (then ``last``, then the real channel)."""
+
+    def __init__(self, chunks: list[bytes], last: Any, receive: Any) -> None:
+        self.pending: list[Any] = [
+            {"type": "http.request", "body": b"".join(chunks), "more_body": last is not None}
+        ]
+        if last is not None:
+            self.pending.append(last)
+        self.receive = receive
+
+    async def __call__(self) -> Any:
+        if self.pending:
+            return self.pending.pop(0)
+        return await self.receive()
 
 
 def request_model(join: JoinPlan) -> type[BaseModel]:
@@ -239,10 +376,12 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
+    fetch_latency = {name: metrics.fetch_latency.labels(name) for name in joins}  # (labels() once per Join)
+
     def fetch(join: JoinPlan, body: Mapping[str, Any], at_ms: int | None) -> FeatureVector:
         started = time.perf_counter()
         vector = fetcher.fetch(join.name, body, at_ms=at_ms)
-        metrics.fetch_latency.labels(join.name).observe(time.perf_counter() - started)
+        fetch_latency[join.name].observe(time.perf_counter() - started)
         for part in vector.errors:
             metrics.store_errors.labels(join.name, part).inc()
         if vector.degraded:
@@ -253,12 +392,24 @@ def create_app(
             metrics.set_cache(fetcher.cache_stats(), every_s=1.0)
         return vector
 
+    # Columns that may hold maps: their keys become strings here (as _clean does), so every map of an answer has
+    # str keys and the answer can go through dumps_str_keys.
+    map_columns = {
+        j.name: tuple(c for c, t in j.output_schema.items() if "map<" in t.lower()) for j in joins.values()
+    }
+
     def features_out(vector: FeatureVector) -> dict[str, Any]:
-        """The :class:`FeaturesResponse` fields, as plain values for :func:`dumps`."""
+        """The :class:`FeaturesResponse` fields, as plain values for :func:`dumps_str_keys`."""
+        values = vector.values
+        maps = [c for c in map_columns.get(vector.join, ()) if isinstance(values.get(c), dict | list | tuple)]
+        if maps:
+            values = dict(values)
+            for c in maps:
+                values[c] = _clean(values[c])
         return {
             "join": vector.join,
             "at_ms": vector.at_ms,
-            "values": vector.values,
+            "values": values,
             "errors": vector.errors,
             "degraded": vector.degraded,
             "stale": vector.stale,
@@ -282,15 +433,20 @@ def create_app(
         return PlainTextResponse(metrics.exposition().decode(), media_type=CONTENT_TYPE_LATEST)
 
     at_query = Query(None, ge=0, le=MAX_AT_MS, description="query time, epoch ms (default: now)")
+    # The hot routes (path -> body model, answer function) that HotRoutes serves without FastAPI's routing.
+    hot: dict[str, tuple[type[BaseModel], Callable[[Mapping[str, Any], int | None], bytes]]] = {}
 
     def features_endpoint(join: JoinPlan) -> Callable[..., Awaitable[Response]]:
         # No postponed annotations in this module: FastAPI reads the generated body model from the signature.
         model = request_model(join)
 
-        async def endpoint(body: model, at_ms: int | None = at_query) -> Response:  # type: ignore[valid-type]
-            vector = await call(fetch, join, body.model_dump(), at_ms)  # type: ignore[attr-defined]
-            return _json_response(features_out(vector))
+        def answer(request: Mapping[str, Any], at_ms: int | None) -> bytes:
+            return dumps_str_keys(features_out(fetch(join, request, at_ms)))
 
+        async def endpoint(body: model, at_ms: int | None = at_query) -> Response:  # type: ignore[valid-type]
+            return _json_response(await call(answer, body.model_dump(), at_ms))  # type: ignore[attr-defined]
+
+        hot[f"/v1/features/{join.name}"] = (model, answer)
         return endpoint
 
     for join in joins.values():
@@ -328,9 +484,9 @@ def create_app(
         async def decide(body: decide_model, at_ms: int | None = at_query) -> Response:  # type: ignore[valid-type]
             if decider is None:
                 raise HTTPException(status_code=503, detail="no decision model is configured (tessera train)")
-            return await call(decide_now, body.model_dump(), at_ms)  # type: ignore[attr-defined]
+            return _json_response(await call(decide_now, body.model_dump(), at_ms))  # type: ignore[attr-defined]
 
-        def decide_now(request: Mapping[str, Any], at_ms: int | None) -> Response:
+        def decide_now(request: Mapping[str, Any], at_ms: int | None) -> bytes:
             assert decider is not None
             started = time.perf_counter()
             vector = fetch(joins[decide_join], request, at_ms)
@@ -345,7 +501,7 @@ def create_app(
             metrics.decisions.labels(decision.action).inc()
             metrics.decide_latency.observe(time.perf_counter() - started)
             score = decision.score if decision.score is None or math.isfinite(decision.score) else None
-            return _json_response(
+            return dumps_str_keys(
                 {
                     "action": decision.action,
                     "score": score,
@@ -355,4 +511,8 @@ def create_app(
                 }
             )
 
+        if decider is not None:
+            hot["/v1/decide"] = (decide_model, decide_now)
+
+    app.add_middleware(HotRoutes, routes=hot, token=token, call=call)
     return app

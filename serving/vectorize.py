@@ -238,6 +238,10 @@ class Vectorizer:
         self.spec = list(spec)
         self.names = [s.name for s in self.spec]
         self._plan = [(s.columns(), s.fn()) for s in self.spec]
+        # The same functions for one row, with their one or two columns spelled out (no argument list per value).
+        if any(len(cols) > 2 for cols, _ in self._plan):
+            raise ValueError("a vectorizer rule reads at most two columns")
+        self._row_plan = [(fn, cols[0], cols[1] if len(cols) == 2 else None) for cols, fn in self._plan]
 
     @classmethod
     def for_join(cls, output_schema: Mapping[str, str]) -> Vectorizer:
@@ -256,7 +260,7 @@ class Vectorizer:
         """The model vector of one feature row (a missing column counts as ``None``)."""
         get = row.get
         return np.array(
-            [fn(*[get(c) for c in cols]) for cols, fn in self._plan],
+            [fn(get(a)) if b is None else fn(get(a), get(b)) for fn, a, b in self._row_plan],
             dtype=np.float64,
         )
 

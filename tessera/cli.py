@@ -316,7 +316,14 @@ def serve(
     )
     console.print(f"tessera API on http://{bind}:{bind_port} (plan {p.plan_hash}, {workers} worker(s))")
     if workers == 1:
-        uvicorn.run(serve_app(), host=bind, port=bind_port, log_level="warning", http=http_protocol())
+        uvicorn.run(
+            serve_app(),
+            host=bind,
+            port=bind_port,
+            log_level="warning",
+            access_log=False,  # (at log level warning never written, but its arguments were built per request)
+            http=http_protocol(),
+        )
         return
     import tempfile
 
@@ -335,6 +342,7 @@ def serve(
         host=bind,
         port=bind_port,
         log_level="warning",
+        access_log=False,
         http=http_protocol(),  # uvicorn's own socket for workers leaves Nagle on (serving/http_protocol.py)
     )
 

@@ -270,3 +270,22 @@ def test_a_final_tile_rewritten_rebuilds_the_prefix() -> None:
     want = merge_features(codec, t, state, changed)
     _same(dict(zip(program.names, again.values)), want.values)
     assert again.values != first.values
+
+
+@pytest.mark.parametrize("repo", [ROOT / "features" / "fraud", GOOD])
+def test_layout_templates_equal_the_computed_layout(repo: Path) -> None:
+    """A layout built from the template of its smallest tile (query times moving by milliseconds, also onto
+    and off a tile edge) equals the one computed from the definitions."""
+    rng = random.Random(11)
+    plan = compile_repo(repo)
+    programs = [MergeProgram(StateCodec(gb)) for gb in plan.group_bys if gb.stream is not None]
+    assert any(p._bucket_ms for p in programs), "the template path should apply to these definitions"
+    for program in programs:
+        for _ in range(40):
+            boundary = align(1_790_000_000_000 + rng.randrange(0, 30 * DAY_MS), DAY_MS)
+            if rng.random() < 0.2:  # a boundary that is not a day's (still on the tile grid)
+                boundary += rng.choice([1, 60, 420]) * program.sizes[0]
+            t = boundary + rng.randrange(-2 * HOUR_MS, 3 * DAY_MS)
+            for _ in range(12):
+                t += rng.choice([0, 1, 3, 250, 999, 1000, SECOND_MS - t % SECOND_MS, 61_000])
+                assert program.layout(t, boundary) == program._compute(t, boundary), (program.names[0], t)

@@ -154,6 +154,40 @@ def test_a_revived_node_answers_again_after_dead_timeout(fresh_memcached_cluster
     store.close()
 
 
+def test_one_late_answer_does_not_take_a_live_node_for_dead(fresh_memcached_cluster: list[Service]) -> None:
+    """A node that misses one call (frozen here, as a starved client would see it) is asked again on the next
+    call; only ``dead_after`` misses in a row mark it dead, and an answer clears the count."""
+    nodes = fresh_memcached_cluster
+    store = MemcachedStore(
+        [n.address for n in nodes], connect_timeout_s=0.05, timeout_s=0.05, dead_timeout_s=2.0, dead_after=3
+    )
+    dataset = new_name("tiles")
+    ks = entity_keys(60)
+    values = tagged(ks, b"t")
+    store.multi_put(dataset, values)
+    on_frozen = {k for k in ks if store.node_of(k) == nodes[0].address}
+    assert on_frozen
+    for _ in range(2):  # two misses in a row, each answered by the next call once the node runs again
+        nodes[0].pause()
+        assert store.multi_get_report(dataset, ks).unavailable == on_frozen
+        nodes[0].resume()
+        res = store.multi_get_report(dataset, ks)
+        assert res.unavailable == frozenset() and res.values == values
+    nodes[0].pause()
+    for _ in range(3):  # three in a row: dead
+        assert store.multi_get_report(dataset, ks).unavailable == on_frozen
+    nodes[0].resume()
+    t0 = time.monotonic()
+    res = store.multi_get_report(dataset, ks)
+    assert res.unavailable == on_frozen, (
+        "a node with dead_after misses in a row is skipped for dead_timeout_s"
+    )
+    assert time.monotonic() - t0 < store.budget_s, "a dead node's keys are reported at once"
+    time.sleep(2.1)
+    assert store.multi_get_report(dataset, ks).values == values  # the probe after dead_timeout_s answers
+    store.close()
+
+
 def test_writes_to_a_dead_node_name_the_failed_keys(fresh_memcached_cluster: list[Service]) -> None:
     nodes = fresh_memcached_cluster
     nodes[2].kill()

@@ -1,8 +1,8 @@
-"""``MemcachedStore.multi_get_many``: several datasets in one ``get_many`` per node, unavailable keys per dataset."""
+"""``MemcachedStore.multi_get_many``: several datasets in one ``get`` per node, unavailable keys per dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from kv_helpers import new_name, tagged
@@ -30,15 +30,15 @@ def _keys(dataset: str, entities: range) -> list[bytes]:
 
 @pytest.fixture
 def get_many_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[bytes]]:
-    """Records the memcached keys of every ``get_many`` the store sends."""
+    """Records the memcached keys of every ``get`` request the store sends."""
     calls: list[list[bytes]] = []
-    original = memcached_mod._get_many
+    original = memcached_mod._get_command
 
-    def counting(mkeys: list[bytes]) -> Callable[[object], object]:
-        calls.append(mkeys)
+    def counting(mkeys: Sequence[bytes]) -> bytes:
+        calls.append(list(mkeys))
         return original(mkeys)
 
-    monkeypatch.setattr(memcached_mod, "_get_many", counting)
+    monkeypatch.setattr(memcached_mod, "_get_command", counting)
     return calls
 
 

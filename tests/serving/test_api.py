@@ -226,3 +226,76 @@ def test_a_dead_node_degrades_the_answer_not_the_status(world: dict[str, Any]) -
             seen_degraded = True
             assert "features_degraded" in body["flags"] and body["features"]["errors"]
     assert seen_degraded
+
+
+def test_json_of_answers_is_the_bytes_of_the_cleaning_encoder(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dumps_str_keys`` (what answers use) writes exactly the bytes of ``dumps`` without orjson, which walks
+    every value first: NaN and infinities (also nested, also numpy) become null either way."""
+    import serving.api as api
+
+    monkeypatch.setattr(api, "_orjson", None)
+    vector = world["fetcher"].fetch("fraud_v1", world["requests"][0])
+    bodies: list[Any] = [
+        {"values": vector.values, "errors": {}, "timings_ms": {"total": 0.25}},
+        {"values": {**vector.values, "nan": float("nan")}},
+        {"values": {"a": [1.0, float("-inf")], "m": {"x": float("nan")}}, "n": np.float64("nan")},
+        {"n": np.float64(1.5), "k": np.int64(3), "t": (1, 2), "s": "NaN Infinity", "u": "é"},
+        [{"kind": "model", "value": float("nan"), "contribution": 0.5}],
+    ]
+    for body in bodies:
+        assert api.dumps_str_keys(body) == api.dumps(body)
+    # maps of any key type: the API turns their keys into strings before (what dumps does inside)
+    app = create_app(world["plan"], world["fetcher"], world["decider"])
+    client = TestClient(app)
+    req = world["requests"][0]
+    got = client.post("/v1/features/fraud_v1", json=req, params={"at_ms": req["ts"]})
+    want = world["fetcher"].fetch("fraud_v1", req, at_ms=req["ts"])
+    assert got.status_code == 200
+    body = json.loads(got.content)
+    assert body["values"] == json.loads(api.dumps({"values": want.values}))["values"]
+
+
+def test_hot_routes_answer_as_the_fastapi_routes(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HotRoutes`` serves plain requests itself with the bytes the FastAPI route writes; everything else
+    (here: an extra query parameter, a body the model refuses, a query time out of range, a wrong token) is
+    FastAPI's, with FastAPI's answer."""
+    import serving.api as api
+
+    served: list[bool] = []
+    original = api.HotRoutes._request
+
+    def spy(self: Any, scope: Any, model: Any, body: bytes) -> Any:
+        got = original(self, scope, model, body)
+        served.append(got is not None)
+        return got
+
+    monkeypatch.setattr(api.HotRoutes, "_request", spy)
+    client = TestClient(create_app(world["plan"], world["fetcher"], world["decider"], token="s3cret"))
+    auth = {"authorization": "Bearer s3cret"}
+
+    def without_timings(content: bytes) -> Any:
+        body = json.loads(content)
+        (body.get("features") or body)["timings_ms"] = None
+        return body
+
+    for path in ("/v1/features/fraud_v1", "/v1/decide"):
+        for req in world["requests"][:3]:
+            served.clear()
+            hot = client.post(path, json=req, params={"at_ms": req["ts"]}, headers=auth)
+            routed = client.post(path, json=req, params={"at_ms": req["ts"], "other": "1"}, headers=auth)
+            assert served == [True, False]
+            assert hot.status_code == routed.status_code == 200
+            assert hot.headers["content-type"] == routed.headers["content-type"] == "application/json"
+            assert without_timings(hot.content) == without_timings(routed.content)
+        served.clear()
+        bad_body = client.post(path, json={**world["requests"][0], "amount": "lots"}, headers=auth)
+        bad_time = client.post(path, json=world["requests"][0], params={"at_ms": 2**63}, headers=auth)
+        bad_token = client.post(path, json=world["requests"][0], headers={"authorization": "Bearer nope"})
+        assert served == [False, False, False]
+        assert bad_body.status_code == bad_time.status_code == 422
+        assert bad_body.json()["detail"][0]["loc"] == ["body", "amount"]
+        assert bad_token.status_code == 401 and bad_token.headers["www-authenticate"] == "Bearer"

@@ -7,6 +7,7 @@ produce.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import math
 import shutil
@@ -244,6 +245,24 @@ def test_offline_online_parity(trained: TrainResult, table: pa.Table, rows: list
     d.close()
 
 
+def test_row_predictor_gives_the_scores_of_inplace_predict(trained: TrainResult, table: pa.Table) -> None:
+    """The one-row fast path (what decisions use) scores every row exactly as the batch call does, also from
+    several threads at once (each has its own buffers)."""
+    model = Model.load(trained.out_dir)
+    assert model.row_predictor is not None, "the fast path should build with this xgboost"
+    X = model.vectorizer.matrix(table)
+    rng = np.random.default_rng(1)
+    noisy = X[:200].copy()
+    noisy[rng.random(noisy.shape) < 0.2] = np.nan  # missing values take the default branches
+    for matrix in (X, noisy):
+        want = model.score_matrix(matrix)
+        got = np.array([model.score_vector(x) for x in matrix])
+        assert np.array_equal(got, want)
+    with cf.ThreadPoolExecutor(4) as pool:
+        got_mt = list(pool.map(model.score_vector, list(noisy) * 5))
+    assert np.array_equal(np.array(got_mt), np.tile(model.score_matrix(noisy), 5))
+
+
 def test_feature_order_comes_from_the_model_file(
     trained: TrainResult, rows: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -352,13 +371,13 @@ def test_model_timeout_and_error_fall_back_to_rules(
     rules = Rules.default(join.output_schema)
     with Decider(model, rules, timeout_ms=20) as decider:
         assert "model_fallback" not in decider.decide(rows[0]).flags
-        real = model.score_matrix
+        real = model.score_vector
 
-        def slow(X: np.ndarray) -> np.ndarray:
+        def slow(x: np.ndarray) -> float:
             time.sleep(0.3)
-            return real(X)
+            return real(x)
 
-        model.score_matrix = slow  # type: ignore[method-assign]
+        model.score_vector = slow  # type: ignore[method-assign]
         started = time.perf_counter()
         d = decider.decide({**rows[0], "card_amount_usd_count_10m": 20})
         assert time.perf_counter() - started < 0.25
@@ -366,10 +385,10 @@ def test_model_timeout_and_error_fall_back_to_rules(
         assert {"model_timeout", "model_fallback"} <= set(d.flags)
         assert d.reasons[0].name == "card_velocity_10m"
 
-        def boom(X: np.ndarray) -> np.ndarray:
+        def boom(x: np.ndarray) -> float:
             raise RuntimeError("model exploded")
 
-        model.score_matrix = boom  # type: ignore[method-assign]
+        model.score_vector = boom  # type: ignore[method-assign]
         e = decider.decide(rows[0])
         assert e.action == "approve" and {"model_error", "model_fallback"} <= set(e.flags)
 
@@ -383,28 +402,28 @@ def test_inline_and_auto_placement_keep_the_fallback_semantics(
     with Decider(Model.load(trained.out_dir), rules, timeout_ms=5_000) as pool:
         want = [pool.decide(r) for r in rows[: AUTO_WARMUP + 5]]
     model = Model.load(trained.out_dir)
-    real = model.score_matrix
+    real = model.score_vector
 
-    def slow(X: np.ndarray) -> np.ndarray:
+    def slow(x: np.ndarray) -> float:
         time.sleep(0.6)
-        return real(X)
+        return real(x)
 
     with Decider(model, rules, timeout_ms=400, placement="inline") as inline:
         got = [inline.decide(r) for r in rows[: AUTO_WARMUP + 5]]
         assert [(d.action, d.score) for d in got] == [(d.action, d.score) for d in want]
         assert inline.inline_calls == len(got) and inline.pool_calls == 0
-        model.score_matrix = slow  # type: ignore[method-assign]
+        model.score_vector = slow  # type: ignore[method-assign]
         d = inline.decide({**rows[0], "card_amount_usd_count_10m": 20})
         assert (
             d.score is None and d.action == "decline" and {"model_timeout", "model_fallback"} <= set(d.flags)
         )
-        model.score_matrix = real  # type: ignore[method-assign]
+        model.score_vector = real  # type: ignore[method-assign]
 
     with Decider(model, rules, timeout_ms=400, placement="auto") as auto:
         got = [auto.decide(r) for r in rows[: AUTO_WARMUP + 5]]
         assert [(d.action, d.score) for d in got] == [(d.action, d.score) for d in want]
         assert auto.pool_calls == AUTO_WARMUP and auto.inline_calls == 5  # fast model: inline after warm-up
-        model.score_matrix = slow  # type: ignore[method-assign]
+        model.score_vector = slow  # type: ignore[method-assign]
         first = auto.decide(rows[0])  # inline: cannot be cut short, but its late score is not used
         assert first.score is None and {"model_timeout", "model_fallback"} <= set(first.flags)
         started = time.perf_counter()
