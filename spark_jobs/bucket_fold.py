@@ -13,7 +13,7 @@ How (all vectorised over the bucket's queries):
 2. Per aggregation, rows with a null value (or null bucket) are dropped first, so ``hi - lo`` is the count.
 3. Per op: count = ``hi - lo``; integer sum/avg = prefix sums (exact in int64); double sum/avg and min/max =
    ``ufunc.reduceat`` over the ranges (C loops; double sums whose rounding-error bound could exceed 1e-11
-   relative, or that hold inf/NaN, are refolded exactly with the shared op); first/last/first_k/last_k =
+   relative, or that hold inf/NaN, are refolded exactly with the shared op in one sliding pass); first/last/first_k/last_k =
    index arithmetic on the sorted rows. Every other op (sketches, variance, top_k, histogram, bucketed) goes
    through :func:`spark_jobs.sliding.sliding_fold`: one pass over the ranges sorted by ``(lo, hi)`` — running
    add/remove for invertible ops, two-stack sliding-window aggregation (suffix snapshots ⊕ a forward prefix)
@@ -23,7 +23,7 @@ How (all vectorised over the bucket's queries):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,27 +145,31 @@ def _reduceat(ufunc: Any, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, fill: A
     return out
 
 
-def _generic(
-    op: AggOp, rows: _Rows, lo: np.ndarray, hi: np.ndarray, vals: Any, which: Sequence[int] | None = None
-) -> list[Any]:
-    """Fold each range with the shared op (``update_many``, in (ts, tie) order); ``which`` limits the queries."""
-    out: list[Any] = [None] * len(lo)
-    idx = range(len(lo)) if which is None else which
-    bucketed = rows.buckets is not None
-    blist = rows.buckets.to_pylist() if bucketed else None  # type: ignore[union-attr]
-    for i in idx:
-        a, b = int(lo[i]), int(hi[i])
-        ir = op.init()
-        if b > a:
-            if bucketed:
-                assert blist is not None
-                upd = op.update_bucket  # type: ignore[attr-defined]
-                tss, tis = rows.ts[a:b].tolist(), rows.tie[a:b].tolist()
-                for j in range(b - a):
-                    ir = upd(ir, blist[a + j], vals[a + j], tss[j], tis[j])
-            else:
-                ir = op.update_many(ir, vals[a:b], rows.ts[a:b], rows.tie[a:b])
-        out[i] = op.finalize(ir)
+def _range_extreme(ufunc: Any, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, fill: Any) -> np.ndarray:
+    """``ufunc.reduce(x[lo:hi])`` per range (``fill`` where empty) for an idempotent ``ufunc`` (min/max):
+    a sparse table answered level by level. A range of length ``m`` with ``2**j <= m < 2**(j+1)`` is
+    ``ufunc(level_j[lo], level_j[hi - 2**j])``, where ``level_j[i]`` reduces ``x[i : i + 2**j]``; the two
+    halves overlap, which idempotence allows (NaN propagation of ``maximum`` and NaN skipping of ``fmin``
+    are kept too). O(len(x) · log(longest range) + ranges), one level in memory at a time — not the
+    O(range length) per range of ``reduceat``, which made long windows over hot keys quadratic."""
+    n = len(lo)
+    out = np.full(n, fill, dtype=x.dtype)
+    length = hi - lo
+    live = np.flatnonzero(length > 0)
+    if len(live) == 0:
+        return out
+    level_of = np.zeros(n, dtype=np.int64)
+    level_of[live] = np.frexp(length[live].astype(np.float64))[1] - 1  # floor(log2(m)), exact for m < 2**53
+    order = live[np.argsort(level_of[live], kind="stable")]
+    cuts = np.searchsorted(level_of[order], np.arange(int(level_of[order[-1]]) + 2))
+    table = x
+    for j in range(len(cuts) - 1):
+        if j:
+            h = 1 << (j - 1)
+            table = ufunc(table[:-h], table[h:])
+        sel = order[cuts[j] : cuts[j + 1]]
+        if len(sel):
+            out[sel] = ufunc(table[lo[sel]], table[hi[sel] - (1 << j)])
     return out
 
 
@@ -219,9 +223,15 @@ def _feature_values(
                 risky = ~empty & ((nf > 0) | ~np.isfinite(a) | (n * _U * a > _SUM_RTOL * np.abs(s)))
             vals: list[Any] = (s / np.maximum(n, 1) if name == "avg" else s).tolist()
             if risky.any():
-                exact = _generic(op, rows, lo, hi, x, np.flatnonzero(risky).tolist())
-                for j in np.flatnonzero(risky).tolist():
-                    vals[j] = exact[j]
+                # Refold the risky ranges exactly in one sliding pass (running add/remove of the exact sum,
+                # which is invertible without error): O(events + queries), not O(window) per query.
+                which = np.flatnonzero(risky)
+                folds = cache.get("folds")
+                if folds is None:
+                    folds = cache["folds"] = _range_folds(op, rows)
+                exact = sliding_fold(op, lo[which], hi[which], folds[0], folds[1])
+                for j, v in zip(which.tolist(), exact):
+                    vals[j] = v
             for j in np.flatnonzero(empty).tolist():
                 vals[j] = None
             return pa.array(vals, type=typ)
@@ -231,7 +241,7 @@ def _feature_values(
                 uf = np.fmin if name == "min" else np.maximum
             else:
                 uf = np.minimum if name == "min" else np.maximum
-            r = _reduceat(uf, x, lo, hi, 0)
+            r = _range_extreme(uf, x, lo, hi, 0)
             if itype == "double":
                 r = r + 0.0  # -0.0 -> 0.0, as the op's coercion does
             return pa.array(r, mask=empty, type=typ)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from features.ops import REGISTRY, Bucketed, OpError, OpParams, fold, get_op
 from features.ops.base import results_close
-from features.ops.sketches import ApproxPercentile
+from features.ops.sketches import HLL_LG_K, HLL_TYPE, ApproxPercentile
 
 REF = settings(max_examples=40, deadline=None)
 
@@ -319,3 +319,22 @@ def test_doctests(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("n", [1, 7, 200, 383, 384, 1000, 3071, 3072, 3073, 12_000, 60_000])
+def test_hll_finalize_is_the_estimate_of_the_self_union_result(n: int) -> None:
+    """finalize reads the self-union's estimate directly; it must equal the estimate of the union's HLL_4
+    result (what it read before), in list, set and HLL modes, for unions of several sketches too."""
+    import datasketches as ds
+
+    op = get_op("approx_unique_count", OpParams(), input_type="string")
+    rng = random.Random(n)
+    parts = [op.init() for _ in range(3)]
+    for i in range(n):
+        parts[i % 3] = op.update(parts[i % 3], f"item{rng.randrange(10**12)}", i, 0)
+    merged = op.merge(op.merge(op.copy(parts[0]), parts[1]), parts[2])
+    for sk in (*parts, merged):
+        union = ds.hll_union(HLL_LG_K)
+        union.update(sk)
+        union.update(sk)
+        assert op.finalize(sk) == round(union.get_result(HLL_TYPE).get_estimate())

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features.compile import compile_repo
@@ -23,7 +23,7 @@ from features.ops import AggOp, Bucketed, OpParams, get_op
 from features.plan import GroupByPlan
 from features.reference import agg_op
 from features.windows import WindowSpec
-from spark_jobs.bucket_fold import KEY, QID, TIE, TS, T, fold_bucket
+from spark_jobs.bucket_fold import KEY, QID, TIE, TS, T, _range_extreme, fold_bucket
 from spark_jobs.sliding import direct_fold, sliding_fold
 
 OPS: list[tuple[str, OpParams, str, bool]] = [
@@ -215,3 +215,86 @@ def test_fold_bucket_equals_reference(
             if isinstance(want, dict):
                 g = dict(g) if g is not None else None
             assert op.agrees(g, want), (f.name, key, t, g, want)
+
+
+@pytest.fixture(scope="module")
+def sum_gb(tmp_path_factory: pytest.TempPathFactory) -> GroupByPlan:
+    root = tmp_path_factory.mktemp("risky_repo")
+    pkg = root / "risky_repo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    windows = '["10s", "1m", Window("1m", offset="10s")]'
+    (pkg / "defs.py").write_text(
+        "from features.definitions import Aggregation, EventSource, GroupBy, Window\n"
+        'ev = EventSource(table="ev", topic="ev", time_column="ts", tie_break="id", '
+        'schema={"k": "string", "ts": "long", "id": "long", "x": "double"})\n'
+        f'g = GroupBy(name="g", keys=["k"], source=ev, aggregations=[Aggregation("x", "sum", windows={windows}), '
+        f'Aggregation("x", "avg", windows={windows}), Aggregation("x", "sum"), Aggregation("x", "avg")])\n'
+    )
+    return compile_repo(Path(pkg)).group_by("g")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from("ab"),
+            st.integers(0, 120),
+            st.sampled_from([1e17, -1e17, 3e16, 1.0, 0.1, -0.3, 2.5e-3, 7.0, float("inf"), float("nan")]),
+        ),
+        max_size=120,
+    ),
+    queries=st.lists(st.tuples(st.sampled_from("abc"), st.integers(-5, 130)), min_size=1, max_size=40),
+)
+@example(events=[("a", 1, 1e17), ("a", 2, 0.1), ("a", 3, -1e17), ("b", 4, 7.0)], queries=[("a", 5), ("b", 9)])
+def test_fold_bucket_risky_double_sums_are_exact(
+    sum_gb: GroupByPlan, events: list[tuple[str, int, float]], queries: list[tuple[str, int]]
+) -> None:
+    """Double sums whose rounding-error bound is too large for the fast path (cancellation, inf/NaN) are
+    refolded exactly in a sliding pass: the reference fold of each window (within the sum tolerance)."""
+    gb, ms = sum_gb, 1000
+    ev = pa.table(
+        {
+            KEY: pa.array([e[0] for e in events], pa.string()),
+            TS: pa.array([e[1] * ms for e in events], pa.int64()),
+            TIE: pa.array(range(len(events)), pa.int64()),
+            "x": pa.array([e[2] for e in events], pa.float64()),
+        }
+    )
+    qs = pa.table(
+        {
+            QID: pa.array(range(len(queries)), pa.int64()),
+            KEY: pa.array([q[0] for q in queries], pa.string()),
+            T: pa.array([q[1] * ms for q in queries], pa.int64()),
+        }
+    )
+    got = fold_bucket(ev, qs, gb)
+    rows = ev.to_pylist()
+    for f in gb.features:
+        agg = gb.aggregations[f.agg_index]
+        w = agg.windows[f.window_index]
+        op = agg_op(agg)
+        spec = WindowSpec(w.length_ms, w.hop_ms, w.offset_ms)
+        for qi, (key, t) in enumerate(queries):
+            want = fold_window(op, [(r[TS], r[TIE], r["x"]) for r in rows if r[KEY] == key], t * ms, spec)
+            g = got.column(f.name)[qi].as_py()
+            assert op.agrees(g, want), (f.name, key, t, g, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    xs=st.lists(st.sampled_from([-2.5, -0.0, 0.0, 1.0, 3.0, 7.5, float("nan"), float("-inf")]), max_size=70),
+    ranges=st.lists(st.tuples(st.integers(0, 70), st.integers(0, 70)), max_size=30),
+)
+def test_range_extreme_equals_reduce_per_range(xs: list[float], ranges: list[tuple[int, int]]) -> None:
+    """The sparse-table min/max of the backfill == ``ufunc.reduce`` of each slice (NaN rules, ints too)."""
+    x = np.array(xs, dtype=np.float64)
+    lo = np.array([min(a, len(xs)) for a, _ in ranges], dtype=np.int64)
+    hi = np.array([min(max(a, b), len(xs)) for a, b in ranges], dtype=np.int64)
+    ints = np.nan_to_num(x, nan=5.0, neginf=-9.0).astype(np.int64)
+    for uf, arr in ((np.fmin, x), (np.maximum, x), (np.minimum, ints), (np.maximum, ints)):
+        got = _range_extreme(uf, arr, lo, hi, 0)
+        want = [uf.reduce(arr[a:b]) if b > a else 0 for a, b in zip(lo.tolist(), hi.tolist())]
+        assert len(got) == len(want)
+        for g, w in zip(got.tolist(), want):
+            assert g == w or (g != g and w != w), (uf, g, w)
