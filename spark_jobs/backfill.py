@@ -58,6 +58,10 @@ PART = "__g"
 LEFT = "__l"
 ROWS_PER_BUCKET = 200_000
 """Target event + query rows per hash bucket: what one Python worker holds at once."""
+OUT_BATCH_ROWS = 2_048
+"""Rows per Arrow batch a bucket hands back to the JVM. A bucket's output is one row per query with every part's
+feature struct (~1 KiB a row for fraud_v1); sent as one batch, a bucket of 100 k queries needed a 130 MB buffer
+of the JVM's (1 GiB) direct memory and failed with 1 M labels. Batches of this size keep it to a few MB."""
 
 Source = Any  # a parquet path (str | Path), a catalog SparkTable, or a Spark DataFrame
 
@@ -184,7 +188,9 @@ def _fold_fn(parts: list[_PartFold], delay_ms: int) -> Callable[[pa.Table, pa.Ta
         for j in range(n_parts):
             chunks = [s if i == j else pa.nulls(n, parts[j].struct) for i, n, s in pieces]
             columns[_ft(j)] = pa.concat_arrays(chunks) if chunks else pa.array([], parts[j].struct)
-        return pa.table(columns)
+        table = pa.table(columns)
+        # Spark sends each chunk as its own Arrow batch: slices (no copy) bound the JVM's buffer per batch.
+        return pa.Table.from_batches(table.to_batches(max_chunksize=OUT_BATCH_ROWS), schema=table.schema)
 
     return fold
 

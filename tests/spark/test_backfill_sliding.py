@@ -23,7 +23,17 @@ from features.ops import AggOp, Bucketed, OpParams, get_op
 from features.plan import GroupByPlan
 from features.reference import agg_op
 from features.windows import WindowSpec
-from spark_jobs.bucket_fold import KEY, QID, TIE, TS, T, _range_extreme, fold_bucket
+from spark_jobs.bucket_fold import (
+    KEY,
+    QID,
+    TIE,
+    TS,
+    T,
+    _range_extreme,
+    arrow_type,
+    fold_bucket,
+    needed_columns,
+)
 from spark_jobs.sliding import direct_fold, sliding_fold
 
 OPS: list[tuple[str, OpParams, str, bool]] = [
@@ -298,3 +308,45 @@ def test_range_extreme_equals_reduce_per_range(xs: list[float], ranges: list[tup
         assert len(got) == len(want)
         for g, w in zip(got.tolist(), want):
             assert g == w or (g != g and w != w), (uf, g, w)
+
+
+def test_bucket_output_goes_back_in_bounded_batches(
+    plan_gb: GroupByPlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket's features reach the JVM in batches of at most OUT_BATCH_ROWS rows (one batch per bucket needed
+    JVM direct memory in proportion to the bucket's labels), with every query's values as in one piece."""
+    from spark_jobs import backfill
+
+    gb = plan_gb
+    needed = tuple(needed_columns(gb))
+    struct = pa.struct([pa.field(f.name, arrow_type(f.type)) for f in gb.features])
+    n_ev, n_q = 40, 23
+    values = {
+        "v": pa.array([i % 5 - 2 for i in range(n_ev)], pa.int64()),
+        "x": pa.array([i * 0.5 for i in range(n_ev)], pa.float64()),
+        "b": pa.array(["p" if i % 3 else None for i in range(n_ev)], pa.string()),
+    }
+    events = pa.table(
+        {
+            "__g": pa.array([0] * n_ev, pa.int32()),
+            KEY: pa.array(["ab"[i % 2] for i in range(n_ev)], pa.string()),
+            TS: pa.array([i * 1000 for i in range(n_ev)], pa.int64()),
+            TIE: pa.array(range(n_ev), pa.int64()),
+            backfill._ev(0): pa.StructArray.from_arrays([values[c] for c in needed], names=list(needed)),
+        }
+    )
+    queries = pa.table(
+        {
+            "__g": pa.array([0] * n_q, pa.int32()),
+            QID: pa.array(range(n_q), pa.int64()),
+            KEY: pa.array(["abc"[i % 3] for i in range(n_q)], pa.string()),
+            T: pa.array([i * 2000 for i in range(n_q)], pa.int64()),
+        }
+    )
+    fold = backfill._fold_fn([backfill._PartFold(gb, needed, struct)], 0)
+    whole = fold(events, queries)
+    monkeypatch.setattr(backfill, "OUT_BATCH_ROWS", 4)
+    out = fold(events, queries)
+    sizes = [b.num_rows for b in out.to_batches()]
+    assert max(sizes) <= 4 and sum(sizes) == n_q and len(sizes) == 6
+    assert out.to_pylist() == whole.to_pylist()
