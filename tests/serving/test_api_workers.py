@@ -94,13 +94,20 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def test_two_workers_serve_and_metrics_count_both(served: dict[str, Any]) -> None:
     url, at = served["url"], {"at_ms": served["at_ms"]}
     served_by: dict[int, int] = {}  # worker pid -> requests it answered
-    n = 0
+    n = retries = 0
     while n < 40 or len(served_by) < 2:
         assert n < 400, f"requests never reached both workers: {served_by}"
         req = served["requests"][n % len(served["requests"])]
         with httpx.Client(base_url=url, timeout=10.0) as c:  # one connection: one worker answers all three
             pid = c.get("/healthz").json()["pid"]
             resp = c.post("/v1/features/fraud_v1", json=req, params=at)
+            for _ in range(3):
+                # A worker's first reads of a cold store can spend the fetch's 0.25 s budget on a saturated box
+                # (a degraded vector, as designed); the same request again must then be whole.
+                if resp.status_code != 200 or not resp.json()["degraded"]:
+                    break
+                retries += 1
+                resp = c.post("/v1/features/fraud_v1", json=req, params=at)
             assert resp.status_code == 200 and not resp.json()["degraded"], resp.text
             resp = c.post("/v1/decide", json=req, params=at)
             assert resp.status_code == 200 and resp.json()["action"] in {"approve", "review", "decline"}
@@ -111,7 +118,10 @@ def test_two_workers_serve_and_metrics_count_both(served: dict[str, Any]) -> Non
         with httpx.Client(base_url=url, timeout=10.0) as c:
             pid = c.get("/healthz").json()["pid"]
             text = c.get("/metrics").text
-        assert _metric(text, 'tessera_fetch_seconds_count{join="fraud_v1"}') == 2 * n, (pid, served_by)
+        assert _metric(text, 'tessera_fetch_seconds_count{join="fraud_v1"}') == 2 * n + retries, (
+            pid,
+            served_by,
+        )
         assert _metric(text, "tessera_decide_seconds_count") == n
         assert _metric(text, 'tessera_decisions_total{action="') == n
         assert _metric(text, 'tessera_cache{cache="batch",kind="hits"}') > 0
