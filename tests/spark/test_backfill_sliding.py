@@ -145,20 +145,28 @@ WINDOWS = (
 
 @pytest.fixture(scope="module")
 def plan_gb(tmp_path_factory: pytest.TempPathFactory) -> GroupByPlan:
-    root = tmp_path_factory.mktemp("sliding_repo")
-    pkg = root / "sliding_repo"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
     aggs = []
     for col, op, bucket, extra in AGGS:
         b = f', buckets="{bucket}"' if bucket else ""
         aggs.append(f'Aggregation("{col}", "{op}", windows={WINDOWS}{b}{extra})')
         aggs.append(f'Aggregation("{col}", "{op}"{b}{extra})')
+    return _group_by_g(
+        tmp_path_factory,
+        "sliding_repo",
+        '{"k": "string", "ts": "long", "id": "long", "v": "long", "x": "double", "b": "string"}',
+        ", ".join(aggs),
+    )
+
+
+def _group_by_g(tmp_path_factory: pytest.TempPathFactory, name: str, schema: str, aggs: str) -> GroupByPlan:
+    """GroupBy ``g`` (keys ``k``, source ``ev`` with ``schema``, ``aggs``) of a one-module feature repo ``name``."""
+    pkg = tmp_path_factory.mktemp(name) / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
     (pkg / "defs.py").write_text(
         "from features.definitions import Aggregation, EventSource, GroupBy, Window\n"
-        'ev = EventSource(table="ev", topic="ev", time_column="ts", tie_break="id", '
-        'schema={"k": "string", "ts": "long", "id": "long", "v": "long", "x": "double", "b": "string"})\n'
-        f'g = GroupBy(name="g", keys=["k"], source=ev, aggregations=[{", ".join(aggs)}])\n'
+        f'ev = EventSource(table="ev", topic="ev", time_column="ts", tie_break="id", schema={schema})\n'
+        f'g = GroupBy(name="g", keys=["k"], source=ev, aggregations=[{aggs}])\n'
     )
     return compile_repo(Path(pkg)).group_by("g")
 
@@ -229,19 +237,14 @@ def test_fold_bucket_equals_reference(
 
 @pytest.fixture(scope="module")
 def sum_gb(tmp_path_factory: pytest.TempPathFactory) -> GroupByPlan:
-    root = tmp_path_factory.mktemp("risky_repo")
-    pkg = root / "risky_repo"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
     windows = '["10s", "1m", Window("1m", offset="10s")]'
-    (pkg / "defs.py").write_text(
-        "from features.definitions import Aggregation, EventSource, GroupBy, Window\n"
-        'ev = EventSource(table="ev", topic="ev", time_column="ts", tie_break="id", '
-        'schema={"k": "string", "ts": "long", "id": "long", "x": "double"})\n'
-        f'g = GroupBy(name="g", keys=["k"], source=ev, aggregations=[Aggregation("x", "sum", windows={windows}), '
-        f'Aggregation("x", "avg", windows={windows}), Aggregation("x", "sum"), Aggregation("x", "avg")])\n'
+    return _group_by_g(
+        tmp_path_factory,
+        "risky_repo",
+        '{"k": "string", "ts": "long", "id": "long", "x": "double"}',
+        f'Aggregation("x", "sum", windows={windows}), Aggregation("x", "avg", windows={windows}), '
+        'Aggregation("x", "sum"), Aggregation("x", "avg")',
     )
-    return compile_repo(Path(pkg)).group_by("g")
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
