@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,25 @@ def _group_by_g(tmp_path_factory: pytest.TempPathFactory, name: str, schema: str
     return compile_repo(Path(pkg)).group_by("g")
 
 
+def _queries(queries: list[tuple[str, int]], unit_ms: int) -> pa.Table:
+    """The query table of ``(key, time in units)`` pairs, ids in order."""
+    return pa.table(
+        {
+            QID: pa.array(range(len(queries)), pa.int64()),
+            KEY: pa.array([q[0] for q in queries], pa.string()),
+            T: pa.array([q[1] * unit_ms for q in queries], pa.int64()),
+        }
+    )
+
+
+def _features(gb: GroupByPlan) -> Iterator[tuple[Any, Any, Any, WindowSpec]]:
+    """Per feature of ``gb``: the feature, its aggregation, the shared op and the window spec."""
+    for f in gb.features:
+        agg = gb.aggregations[f.agg_index]
+        w = agg.windows[f.window_index]
+        yield f, agg, agg_op(agg), WindowSpec(w.length_ms, w.hop_ms, w.offset_ms)
+
+
 SEC = 1000
 
 
@@ -204,20 +224,10 @@ def test_fold_bucket_equals_reference(
             "b": pa.array([e[3] for e in events], pa.string()),
         }
     )
-    qs = pa.table(
-        {
-            QID: pa.array(range(len(queries)), pa.int64()),
-            KEY: pa.array([q[0] for q in queries], pa.string()),
-            T: pa.array([q[1] * ms * 2 for q in queries], pa.int64()),
-        }
-    )
+    qs = _queries(queries, 2 * ms)
     got = fold_bucket(ev, qs, gb, delay_ms=delay)
     rows = ev.to_pylist()
-    for f in gb.features:
-        agg = gb.aggregations[f.agg_index]
-        w = agg.windows[f.window_index]
-        op = agg_op(agg)
-        spec = WindowSpec(w.length_ms, w.hop_ms, w.offset_ms)
+    for f, agg, op, spec in _features(gb):
         mine = got.column(f.name).to_pylist()
         for qi, (key, _) in enumerate(queries):
             t = qs[T][qi].as_py()
@@ -274,20 +284,10 @@ def test_fold_bucket_risky_double_sums_are_exact(
             "x": pa.array([e[2] for e in events], pa.float64()),
         }
     )
-    qs = pa.table(
-        {
-            QID: pa.array(range(len(queries)), pa.int64()),
-            KEY: pa.array([q[0] for q in queries], pa.string()),
-            T: pa.array([q[1] * ms for q in queries], pa.int64()),
-        }
-    )
+    qs = _queries(queries, ms)
     got = fold_bucket(ev, qs, gb)
     rows = ev.to_pylist()
-    for f in gb.features:
-        agg = gb.aggregations[f.agg_index]
-        w = agg.windows[f.window_index]
-        op = agg_op(agg)
-        spec = WindowSpec(w.length_ms, w.hop_ms, w.offset_ms)
+    for f, _agg, op, spec in _features(gb):
         for qi, (key, t) in enumerate(queries):
             want = fold_window(op, [(r[TS], r[TIE], r["x"]) for r in rows if r[KEY] == key], t * ms, spec)
             g = got.column(f.name)[qi].as_py()
