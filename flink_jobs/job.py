@@ -121,26 +121,13 @@ _INT_TYPES = {"long", "int", "integer", "bigint", "short", "smallint", "byte", "
 _FLOAT_TYPES = {"double", "float", "decimal"}
 
 
-def _type_ok(value: Any, declared: str) -> bool:
-    t = declared.lower().split("(")[0]
-    if value is None:
-        return True
-    if t in _INT_TYPES:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t in _FLOAT_TYPES:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if t == "string":
-        return isinstance(value, str)
-    if t == "boolean":
-        return isinstance(value, bool)
-    return True
-
-
 _NONE = type(None)
 
 
 def _accepted_classes(declared: str) -> frozenset[type] | None:
-    """The classes of JSON values :func:`_type_ok` accepts for ``declared`` (``None``: any)."""
+    """The classes of JSON values a field declared ``declared`` accepts (``None``: any): integers for integer
+    and time types, integers or floats for floating types, strings, booleans; null everywhere. (A bool is
+    not an integer here, although Python's ``isinstance`` says so.)"""
     t = declared.lower().split("(")[0]
     if t in _INT_TYPES:
         return frozenset({int, _NONE})
@@ -157,7 +144,7 @@ class EventParser:
     """:func:`parse_event` for one schema, with the type checks worked out once (the per-event path).
 
     A JSON value's class is exactly one of ``dict, list, str, int, float, bool, NoneType``, so a set lookup on
-    the class decides what :func:`_type_ok` decides with ``isinstance``.
+    the class decides (:func:`_accepted_classes`).
     """
 
     def __init__(self, schema: dict[str, str], time_column: str) -> None:
