@@ -48,7 +48,7 @@ from serving.fetcher import FeatureVector, Fetcher
 from serving.scoring import Decider
 
 _orjson: Any
-try:  # a faster encoder of the same JSON (``pip install orjson``); optional
+try:  # a faster encoder of the same JSON (in tessera's main dependencies; the code runs without it too)
     _orjson = importlib.import_module("orjson")
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
@@ -103,9 +103,15 @@ class DecisionResponse(BaseModel):
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes; NaN and infinities become null, map keys strings, numpy scalars numbers."""
+    """Compact JSON bytes; NaN and infinities become null, map keys strings, numpy scalars numbers.
+
+    With orjson installed (a dependency of tessera's main environment) it writes them, ~10x faster; a value it
+    refuses (an integer beyond 64 bits) takes the standard library's path. The two parse to the same values."""
     if _orjson is not None:
-        return _orjson.dumps(obj, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return _orjson.dumps(obj, option=_orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
     return json.dumps(_clean(obj), separators=(",", ":"), allow_nan=False, default=_plain).encode()
 
 

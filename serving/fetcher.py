@@ -144,6 +144,7 @@ class _PartRead:
     period_keys: dict[bytes, TileKey] = field(default_factory=dict)
     held: dict[bytes, _Period] = field(default_factory=dict)  # kept period values being read again
     tiles: dict[TileKey, Tile] = field(default_factory=dict)
+    inputs: list[dict[TileKey, Tile]] = field(default_factory=list)  # the tile maps ``tiles`` was built from
     error: str | None = None
 
 
@@ -236,6 +237,8 @@ class Fetcher:
         self.batch_cache: LRU[tuple[str, str, bytes], Any] = LRU(cache_size)
         self.tile_cache: LRU[tuple[str, bytes], _Period] = LRU(tile_cache_size)
         self.merge_cache: LRU[tuple[str, bytes, str], EntityMemo] = LRU(merge_cache_size)
+        self._keys: dict[tuple[str, bytes], tuple[Any, list[Any]]] = {}  # see _period_keys
+        self._keys_capacity = max(1, merge_cache_size)
         self._versions: dict[str, _Version] = {}
         self._version_lock = threading.Lock()
         self._gbs: dict[str, _GroupByRuntime] = {}
@@ -308,7 +311,13 @@ class Fetcher:
                     memo = self._memo(rt, r.entity, r.version.name)
                 try:
                     res = rt.program.run(
-                        t, r.batch, r.tiles, r.boundary_ms, memo=memo, final_before=now - rt.settle_ms
+                        t,
+                        r.batch,
+                        r.tiles,
+                        r.boundary_ms,
+                        memo=memo,
+                        final_before=now - rt.settle_ms,
+                        inputs=tuple(r.inputs),  # a period value's tile map is kept while its bytes are
                     )
                     values = res.values
                     vector.stale = vector.stale or res.stale_batch
@@ -435,18 +444,18 @@ class Fetcher:
             rt = self._gbs[r.gb.name]
             boundary = r.boundary_ms if r.boundary_ms is not None else t
             needs = rt.program.layout(t, boundary).needs
-            for (size, pstart), need_end in needs.items():
-                key = rt.stream_layout.key(r.entity, tile_suffix(size, pstart))
-                held = cache.peek((rt.stream_dataset, key)) if keep else None
+            for need_end, key, cache_key, period_key in self._period_keys(rt, r.entity, needs):
+                held = cache.peek(cache_key) if keep else None
                 if held is not None:
                     # Every tile needed from it is final (and it was read recently): no read.
                     if need_end <= held.final_until and held.read_at > recheck_before:
                         cache.hits += 1
                         r.tiles.update(held.tiles)
+                        r.inputs.append(held.tiles)
                         continue
                     r.held[key] = held
                 cache.misses += 1
-                r.period_keys[key] = (size, pstart)
+                r.period_keys[key] = period_key
                 wanted.setdefault(rt.stream_dataset, {}).setdefault(key, []).append(r)
         if not wanted:
             return
@@ -483,6 +492,26 @@ class Fetcher:
                     if keep:
                         cache.put((dataset, key), period)
                     r.tiles.update(period.tiles)
+                    r.inputs.append(period.tiles)
+
+    def _period_keys(
+        self, rt: _GroupByRuntime, entity: bytes, needs: dict[TileKey, int]
+    ) -> list[tuple[int, bytes, tuple[str, bytes], TileKey]]:
+        """Per period value ``needs`` names for ``entity``: (latest tile end needed, store key, tile-cache key,
+        (size, period start)). Kept per entity while the layout's ``needs`` is the same object (a layout
+        template lasts one smallest tile), so an entity asked again does not build its keys again."""
+        memo_key = (rt.gb.name, entity)
+        kept = self._keys.get(memo_key)
+        if kept is not None and kept[0] is needs:
+            return kept[1]
+        out = []
+        for period_key, need_end in needs.items():
+            key = rt.stream_layout.key(entity, tile_suffix(*period_key))
+            out.append((need_end, key, (rt.stream_dataset, key), period_key))
+        if len(self._keys) >= self._keys_capacity:  # plain and bounded: cleared when full
+            self._keys.clear()
+        self._keys[memo_key] = (needs, out)
+        return out
 
     @staticmethod
     def _period(

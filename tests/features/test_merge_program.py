@@ -72,8 +72,25 @@ def _rows(
     return rows
 
 
-def _walk(gb: GroupByPlan, raw: list[dict[str, Any]], keys: list[Any], boundary: int, seed: int) -> int:
-    """Fetch each key at a clock that moves by seconds to hours, also "as of" earlier times; compare."""
+def _spoil(values: list[Any]) -> None:
+    """Change every array and map a caller got (a caller may): later answers must not see it."""
+    for v in values:
+        if isinstance(v, list):
+            v.append("spoiled")
+        elif isinstance(v, dict):
+            v["spoiled"] = -1
+
+
+def _walk(
+    gb: GroupByPlan,
+    raw: list[dict[str, Any]],
+    keys: list[Any],
+    boundary: int,
+    seed: int,
+    with_inputs: bool = False,
+) -> int:
+    """Fetch each key at a clock that moves by seconds to hours, also "as of" earlier times; compare.
+    ``with_inputs``: the runs also get the tile objects as ``inputs`` (the whole-answer memo)."""
     assert gb.batch is not None and gb.stream is not None
     codec = StateCodec(gb)
     program = MergeProgram(codec)
@@ -98,16 +115,21 @@ def _walk(gb: GroupByPlan, raw: list[dict[str, Any]], keys: list[Any], boundary:
                     tiles = dict(tiles)
                     del tiles[min(tiles, key=lambda k: (k[1], k[0]))]
                 want = merge_features(codec, t, state, tiles)
-                res = program.run(t, state, tiles, memo=memo, final_before=now - settle)
+                inputs = tuple(tiles.values()) if with_inputs else None
+                res = program.run(t, state, tiles, memo=memo, final_before=now - settle, inputs=inputs)
                 _same(dict(zip(program.names, res.values)), want.values)
                 assert (res.stale_batch, res.inexact_head) == (want.stale_batch, want.inexact_head)
                 compared += len(res.values)
-                again = program.run(t, state, tiles, memo=memo, final_before=now - settle)
+                _spoil(res.values)
+                want = merge_features(codec, t, state, tiles)
+                again = program.run(t, state, tiles, memo=memo, final_before=now - settle, inputs=inputs)
                 _same(dict(zip(program.names, again.values)), want.values)
+                assert (again.stale_batch, again.inexact_head) == (want.stale_batch, want.inexact_head)
     return compared
 
 
-def test_memoized_merge_equals_the_plain_merge() -> None:
+@pytest.mark.parametrize("with_inputs", [False, True], ids=["per-window memo", "whole-answer memo"])
+def test_memoized_merge_equals_the_plain_merge(with_inputs: bool) -> None:
     plan = compile_repo(GOOD)
     gb = plan.group_by("card")
     start = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS
@@ -129,11 +151,12 @@ def test_memoized_merge_equals_the_plain_merge() -> None:
                 "status": "authorized" if i % 13 else "declined",
             }
         )
-    assert _walk(gb, raw, ["c1", "c2", "nobody"], start + 8 * DAY_MS, seed=1) > 2_000
+    assert _walk(gb, raw, ["c1", "c2", "nobody"], start + 8 * DAY_MS, seed=1, with_inputs=with_inputs) > 2_000
 
 
+@pytest.mark.parametrize("with_inputs", [False, True], ids=["per-window memo", "whole-answer memo"])
 @pytest.mark.parametrize("name", ["card", "merchant", "merchant_fraud"])
-def test_memoized_merge_on_fraud_group_bys(name: str) -> None:
+def test_memoized_merge_on_fraud_group_bys(name: str, with_inputs: bool) -> None:
     plan = compile_repo(ROOT / "features" / "fraud")
     gb = plan.group_by(name)
     ds = generate(seed=3, days=3, events_per_day=1_500)
@@ -145,7 +168,7 @@ def test_memoized_merge_on_fraud_group_bys(name: str) -> None:
         if r[key_col] is not None and r["ts"] >= boundary:
             counts[r[key_col]] = counts.get(r[key_col], 0) + 1
     busiest = sorted(counts, key=lambda k: (-counts[k], str(k)))[:2]
-    _walk(gb, raw, busiest, boundary, seed=2)
+    _walk(gb, raw, busiest, boundary, seed=2, with_inputs=with_inputs)
 
 
 def test_a_new_batch_version_resets_the_memo() -> None:
@@ -166,9 +189,16 @@ def test_a_new_batch_version_resets_the_memo() -> None:
         state = batch_state(codec, rows, boundary, gb.batch.validity_ms)
         tiles = tiles_from_rows(codec, [r for r in rows if r["ts"] < t], boundary)
         want = merge_features(codec, t, state, tiles)
-        got = program.run(t, state, tiles, memo=memo, final_before=t)
+        got = program.run(t, state, tiles, memo=memo, final_before=t, inputs=())  # same (no) inputs
         _same(dict(zip(program.names, got.values)), want.values)
     assert memo.boundary_ms == b2
+    # A re-upload of the same day (same boundary, other content) under the same inputs: not the memo's answer.
+    tiles = tiles_from_rows(codec, [r for r in rows if r["ts"] < t], b2)
+    for part in (rows[: len(rows) // 2], rows):
+        state = batch_state(codec, part, b2, gb.batch.validity_ms)
+        want = merge_features(codec, t, state, tiles)
+        got = program.run(t, state, tiles, memo=memo, final_before=t, inputs=())
+        _same(dict(zip(program.names, got.values)), want.values)
 
 
 def test_memo_values_are_not_shared_with_callers() -> None:

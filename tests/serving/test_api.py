@@ -124,6 +124,7 @@ def test_json_is_the_same_with_and_without_orjson(
         "n": np.float64(1.5),
         "k": np.int64(3),
         "t": (1, 2),
+        "big": 2**70,  # beyond orjson's 64 bits: the standard library's path
     }
     fast = api.dumps(body)
     monkeypatch.setattr(api, "_orjson", None)
@@ -132,6 +133,7 @@ def test_json_is_the_same_with_and_without_orjson(
     parsed = json.loads(plain)
     assert parsed["values"]["nan"] is None and parsed["values"]["inf"] is None
     assert parsed["values"]["map"] == {"1": 2.5} and parsed["n"] == 1.5 and parsed["k"] == 3
+    assert parsed["big"] == 2**70
 
 
 def test_unknown_join_and_bad_input(world: dict[str, Any], client: TestClient) -> None:
