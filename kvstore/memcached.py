@@ -213,6 +213,7 @@ class MemcachedStore(ClosedMixin, KVStore):
         self._item_size_max = item_size_max
         self._ring = HashRing([f"{h}:{p}" for h, p in addrs])
         self._node_of_token: dict[bytes, int] = {}
+        self._placed: dict[tuple[str, bytes], tuple[int, bytes]] = {}  # (dataset, key) → (node, memcached key)
 
         def client(h: str, p: int, timeout: float) -> PooledClient:
             return PooledClient(
@@ -453,8 +454,14 @@ class MemcachedStore(ClosedMixin, KVStore):
         for dataset, keys in requests.items():
             check_name("dataset", dataset)
             check_keys(keys)
+            placed = self._placed
             for k in keys:
-                groups[self._node_index(k)][self.memcached_key(dataset, k)] = (dataset, k)
+                at = placed.get((dataset, k))
+                if at is None:  # (a fetch asks for the same keys again and again: placed once)
+                    if len(placed) >= _MEMO_SIZE:
+                        placed.clear()
+                    at = placed[(dataset, k)] = (self._node_index(k), self.memcached_key(dataset, k))
+                groups[at[0]][at[1]] = (dataset, k)
         values: dict[str, dict[bytes, bytes]] = {dataset: {} for dataset in requests}
         unavailable: dict[str, set[bytes]] = defaultdict(set)
         for i, got in self._read_nodes({i: list(g) for i, g in groups.items()}).items():

@@ -28,6 +28,7 @@ clock is injected (``now_ms``), so tests and the consistency checker fetch "as o
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import OrderedDict
@@ -177,6 +178,13 @@ class _GroupByRuntime:
         self.settle_ms = gb.source.allowed_lateness_ms + gb.stream.flush_interval_ms
 
 
+def _getter(slots: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """``values -> tuple(values[i] for i in slots)`` in one C call (``itemgetter`` of one slot gives no tuple)."""
+    if len(slots) < 2:
+        return lambda values: tuple(values[i] for i in slots)
+    return operator.itemgetter(*slots)
+
+
 class _JoinRuntime:
     def __init__(self, join: JoinPlan, gbs: Mapping[str, _GroupByRuntime]) -> None:
         self.join = join
@@ -185,6 +193,11 @@ class _JoinRuntime:
         for part in join.parts:
             slot = {name: i for i, name in enumerate(gbs[part.group_by].program.names)}
             self.outs.append([(out, slot[feature]) for out, feature in part.features.items()])
+        # Per part: its output columns, and a getter of their values from the GroupBy's (one C call).
+        self.out_names: list[tuple[str, ...]] = [tuple(name for name, _ in outs) for outs in self.outs]
+        self.out_values: list[Callable[[list[Any]], tuple[Any, ...]]] = [
+            _getter([i for _, i in outs]) for outs in self.outs
+        ]
         self.derivations: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = []
         for d in join.derivations:
             schema = {}
@@ -302,7 +315,7 @@ class Fetcher:
         t_stream = time.perf_counter()
 
         out = vector.values
-        for r, outs in zip(reads, jr.outs):
+        for r, out_names, out_values in zip(reads, jr.out_names, jr.out_values):
             rt = self._gbs[r.gb.name]
             values: list[Any] | None = None
             if r.error is None:
@@ -327,11 +340,9 @@ class Fetcher:
                 vector.errors[r.gb.name] = r.error
                 vector.degraded = True
             if values is None:
-                for out_name, _ in outs:
-                    out[out_name] = None
+                out.update(dict.fromkeys(out_names))
             else:
-                for out_name, slot in outs:
-                    out[out_name] = values[slot]
+                out.update(zip(out_names, out_values(values)))
         for name, fn in jr.derivations:
             try:
                 vector.values[name] = fn(vector.values)
