@@ -320,8 +320,10 @@ class Fetcher:
             values: list[Any] | None = None
             if r.error is None:
                 memo = None
-                if r.entity is not None and r.version is not None and r.version.name is not None:
-                    memo = self._memo(rt, r.entity, r.version.name)
+                if r.version is not None and r.version.name is not None:
+                    # A part without an entity (a key column missing) has the values of an empty window:
+                    # they are kept under the entity b"" (no key encodes to it: a GroupBy has a key column).
+                    memo = self._memo(rt, r.entity if r.entity is not None else b"", r.version.name)
                 try:
                     res = rt.program.run(
                         t,

@@ -26,7 +26,9 @@ The rule (by Spark type of the Join column, after the exclusions):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -246,6 +248,7 @@ class Vectorizer:
         # float(v) for every int, float and bool and NaN for None (tested against _num); the rest per value.
         self._num_at = np.array([j for j, s in enumerate(self.spec) if s.rule == "num"], dtype=np.intp)
         self._num_cols = [s.column for s in self.spec if s.rule == "num"]
+        self._num_values = operator.itemgetter(*self._num_cols) if len(self._num_cols) > 1 else None
         self._other_plan = [
             (j, fn, a, b)
             for j, (s, (fn, a, b)) in enumerate(zip(self.spec, self._row_plan))
@@ -270,8 +273,14 @@ class Vectorizer:
         :meth:`vector_by_value`, with the plain numeric columns converted in one call."""
         get = row.get
         out = np.empty(len(self._row_plan), dtype=np.float64)
+        nums: Any = None
+        if self._num_values is not None:
+            with contextlib.suppress(KeyError):  # every column present (a fetched vector): one C call
+                nums = self._num_values(row)
+        if nums is None:
+            nums = [get(c) for c in self._num_cols]
         try:
-            out[self._num_at] = np.array([get(c) for c in self._num_cols], dtype=np.float64)
+            out[self._num_at] = np.array(nums, dtype=np.float64)
         except (TypeError, ValueError, OverflowError):  # a value that is not a number: the per-value path
             return self.vector_by_value(row)  # (which raises what _num raises for it)
         for j, fn, a, b in self._other_plan:
