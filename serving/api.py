@@ -13,8 +13,8 @@ Per request, the hot routes keep the framework's work small: the body is validat
 the answer (~160 values) is written as JSON bytes directly (``orjson`` when installed, else the standard
 library; NaN and infinities become null either way) instead of building and re-validating the response models,
 which stay in the OpenAPI document. A plain request to a hot route does not even reach FastAPI's router:
-:class:`HotRoutes` validates it with the same model and writes the same answer (anything else, errors included,
-is FastAPI's). ``blocking="inline"`` (the default) runs fetch and decision in the event
+:class:`HotRoutes` validates it with the same model and writes the same answer (anything else is FastAPI's; an
+exception while answering gets the 500 of Starlette's error middleware, as from the route). ``blocking="inline"`` (the default) runs fetch and decision in the event
 loop's thread: both are CPU-bound Python, so a worker thread only adds two thread switches per request; a slow
 store is bounded by the fetch's own budgets. ``blocking="threads"`` runs them in at most ``threads`` worker
 threads instead, which overlaps one request's waits (store round trips, thread wake-ups) with another's work.
@@ -167,8 +167,10 @@ class HotRoutes:
       FastAPI takes),
 
     and then it calls the same answer function and writes the same bytes, with the same headers. Anything else
-    (a wrong token, a body the model refuses, an error while answering, another route) goes to the FastAPI
-    app with the body replayed, so every error answer (401, 422, 500...) stays FastAPI's own.
+    (a wrong token, a body the model refuses, another route) goes to the FastAPI app with the body replayed, so
+    every error answer (401, 422...) stays FastAPI's own. An exception while answering is raised, not handed on
+    (the work is not done twice): it reaches the middleware FastAPI installs outside this one, which answers
+    500 as for an exception in the route.
     """
 
     def __init__(
@@ -201,16 +203,13 @@ class HotRoutes:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        answer = None
         request = self._request(scope, route[0], body)
-        if request is not None:
-            try:
-                answer = await self.call(route[1], request[0], request[1])
-            except Exception:  # FastAPI's error handling answers it, as it would have
-                answer = None
-        if answer is None:
+        if request is None:
             await self.app(scope, _Replay([body], None, receive), send)
             return
+        # An error while answering propagates as it would from the route (no exception handler of the app
+        # catches it there either): Starlette's ServerErrorMiddleware, outside this one, answers 500.
+        answer = await self.call(route[1], request[0], request[1])
         await send(
             {
                 "type": "http.response.start",

@@ -199,6 +199,26 @@ def test_schemathesis_finds_no_server_error(world: dict[str, Any]) -> None:
     assert not failures, failures[:5]
 
 
+def test_an_error_while_answering_is_a_500_and_the_work_is_done_once(world: dict[str, Any]) -> None:
+    """A decision that raises: the answer is the 500 FastAPI gives for an exception in a route, and the
+    decision was attempted once (the hot route does not hand the request on to be answered again)."""
+
+    class Failing(Decider):
+        calls = 0
+
+        def decide(self, vector: Any) -> Any:
+            Failing.calls += 1
+            raise RuntimeError("broken decider")
+
+    failing = Failing(None, Rules.default(world["plan"].join("fraud_v1").output_schema))
+    client = TestClient(create_app(world["plan"], world["fetcher"], failing), raise_server_exceptions=False)
+    req = world["requests"][0]
+    resp = client.post("/v1/decide", json=req, params={"at_ms": req["ts"]})
+    assert resp.status_code == 500 and resp.text == "Internal Server Error"
+    assert Failing.calls == 1
+    assert client.post("/v1/features/fraud_v1", json=req, params={"at_ms": req["ts"]}).status_code == 200
+
+
 def test_thread_pool_mode_gives_the_same_answers(world: dict[str, Any], client: TestClient) -> None:
     pooled = TestClient(create_app(world["plan"], world["fetcher"], world["decider"], blocking="threads"))
     for req in world["requests"][:3]:
