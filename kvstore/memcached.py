@@ -147,7 +147,8 @@ class _Read:
         self.out = self.out[n:]
 
     def receive(self) -> None:
-        """Read what has arrived and parse it; ``done`` once ``END`` came (raises OSError, _NodeError)."""
+        """Read what has arrived and parse it; ``done`` once ``END`` came (raises OSError, _NodeError: anything
+        but ``VALUE`` blocks, each a well-formed header and its value followed by CRLF, then ``END``)."""
         try:
             data = self.sock.recv(262144)
         except BlockingIOError:
@@ -162,10 +163,13 @@ class _Read:
                 break
             if buf.startswith(b"VALUE ", pos):
                 head = bytes(buf[pos + 6 : eol]).split()  # key flags bytes [cas]
-                n = int(head[2])
-                end = eol + 2 + n
+                if len(head) not in (3, 4) or not head[2].isdigit():
+                    raise _NodeError(f"malformed VALUE line {bytes(buf[pos:eol])[:200]!r}")
+                end = eol + 2 + int(head[2])
                 if len(buf) < end + 2:
                     break  # the value is still arriving
+                if buf[end : end + 2] != b"\r\n":
+                    raise _NodeError(f"value of {head[0][:200]!r} is not followed by CRLF")
                 self.values[head[0]] = bytes(buf[eol + 2 : end])
                 pos = end + 2
             elif eol == pos + 3 and buf.startswith(b"END", pos):
@@ -213,7 +217,9 @@ class MemcachedStore(ClosedMixin, KVStore):
         self._item_size_max = item_size_max
         self._ring = HashRing([f"{h}:{p}" for h, p in addrs])
         self._node_of_token: dict[bytes, int] = {}
-        self._placed: dict[tuple[str, bytes], tuple[int, bytes]] = {}  # (dataset, key) → (node, memcached key)
+        self._placed: dict[
+            tuple[str, bytes], tuple[int, bytes]
+        ] = {}  # (dataset, key) → (node, memcached key)
 
         def client(h: str, p: int, timeout: float) -> PooledClient:
             return PooledClient(

@@ -76,3 +76,74 @@ def test_memcached_expire() -> None:
     assert memcached_expire(0) == 0
     assert memcached_expire(30 * 86400) == 30 * 86400
     assert memcached_expire(30 * 86400 + 1, now=1000.0) == 1000 + 30 * 86400 + 1
+
+
+# ---- the memcached read path's parser (kvstore.memcached._Read) over a socket pair -------------------------
+
+
+def _read_answer(chunks: list[bytes]) -> dict[bytes, bytes]:
+    """Feed ``chunks`` (one send each) to a node read, as a node's answer; its values once ``END`` came."""
+    import socket
+
+    from kvstore.memcached import _Read
+
+    ours, node = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        r = _Read(0, ours, b"", False)
+        for chunk in chunks:
+            node.sendall(chunk)
+            while not r.done:
+                before = len(r.buf)
+                r.receive()
+                if len(r.buf) == before or r.pos == len(r.buf):
+                    break  # this chunk is used up: the next one
+        assert r.done, "END never parsed"
+        return r.values
+    finally:
+        ours.close()
+        node.close()
+
+
+def test_node_answers_are_parsed_across_any_split() -> None:
+    answer = b"VALUE a 0 3\r\nabc\r\nVALUE b 0 4 17\r\n\r\nxy\r\nEND\r\n"
+    want = {b"a": b"abc", b"b": b"\r\nxy"}
+    assert _read_answer([answer]) == want
+    for cut in range(1, len(answer)):
+        assert _read_answer([answer[:cut], answer[cut:]]) == want
+    assert _read_answer([b"END\r\n"]) == {}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"VALUE a 0 -17\r\nabc\r\nEND\r\n",  # this negative length once sent the parser back to the line start, forever
+        b"VALUE a 0 3x\r\nabc\r\nEND\r\n",
+        b"VALUE a 0\r\nabc\r\nEND\r\n",
+        b"VALUE a 0 3\r\nabcXYEND\r\n",  # the value is not followed by CRLF
+        b"SERVER_ERROR out of memory storing object\r\n",
+        b"ERROR\r\n",
+        b"garbage\r\n",
+    ],
+)
+def test_a_malformed_node_answer_is_a_node_error(answer: bytes) -> None:
+    from kvstore.memcached import _NodeError
+
+    with pytest.raises(_NodeError):
+        _read_answer([answer])
+
+
+def test_a_connection_closed_mid_answer_is_a_node_error() -> None:
+    import socket
+
+    from kvstore.memcached import _NodeError, _Read
+
+    ours, node = socket.socketpair()
+    node.sendall(b"VALUE a 0 3\r\nab")
+    node.close()
+    r = _Read(0, ours, b"", False)
+    with pytest.raises(_NodeError, match="closed"):
+        for _ in range(3):
+            r.receive()
+    ours.close()
