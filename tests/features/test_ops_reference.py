@@ -39,7 +39,7 @@ def run(name: str, values: list[Any], input_type: str = "double", **params: Any)
 
 
 # ---- empty windows --------------------------------------------------------------------------------------
-EMPTY = {
+EMPTY: dict[str, Any] = {
     "count": 0,
     "sum": None,
     "avg": None,
@@ -195,7 +195,7 @@ def test_percentiles_exact_while_sketch_holds_every_value(n: int) -> None:
 
 def test_percentile_default_quantiles() -> None:
     op = get_op("approx_percentile")
-    assert op.percentiles == (0.5, 0.9, 0.99)
+    assert isinstance(op, ApproxPercentile) and op.percentiles == (0.5, 0.9, 0.99)
     assert op.finalize(fold(op, rows(list(range(1, 101))))) == [50.0, 90.0, 99.0]
 
 
