@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -402,6 +403,11 @@ def serve_app() -> Any:
     )
     if logger is not None:  # write what is queued before the process exits
         api.router.on_shutdown.append(logger.close)
+    # What exists now (plan, model, app, modules: ~400 k objects) lives as long as the process: moved out of the
+    # garbage collector's generations, so a full collection no longer walks it (~0.25 s per collection, measured,
+    # paid by whichever requests were waiting).
+    gc.collect()
+    gc.freeze()
     return api
 
 
