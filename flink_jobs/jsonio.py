@@ -20,7 +20,7 @@ from typing import Any
 
 try:
     import orjson as _orjson
-except ImportError:  # the main environment: the standard library only
+except ImportError:  # (both of tessera's environments have it; without it, the standard library only)
     _orjson = None
 
 
