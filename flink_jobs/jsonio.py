@@ -21,7 +21,7 @@ from typing import Any
 try:
     import orjson as _orjson
 except ImportError:  # (both of tessera's environments have it; without it, the standard library only)
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 
 def _std_dumps(value: Any) -> bytes:
