@@ -353,13 +353,17 @@ def create_app(
     decide_join: str = "fraud_v1",
     blocking: Literal["inline", "threads"] = "inline",
     threads: int = 4,
+    otel: bool = False,
 ) -> FastAPI:
     """The API over one plan's online Joins. ``decider`` None: ``/v1/decide`` answers 503. ``blocking``: where
-    fetch and decision run (module docstring)."""
+    fetch and decision run (module docstring). ``otel``: FastAPI's OpenTelemetry instrumentation (spans and
+    metrics through the global providers, when some are configured); off by default, because even unconfigured
+    it looks the providers up on every request, and ``/metrics`` already serves the API's own metrics."""
     if blocking not in ("inline", "threads"):
         raise ValueError(f"blocking={blocking!r}: expected inline or threads")
     limiter = anyio.CapacityLimiter(max(1, threads))
     app = FastAPI(
+        telemetry=None if otel else {"tracing": False, "metrics": False, "logs": False},
         title="tessera",
         version="0.1.0",
         description="Feature vectors and fraud decisions. One definition; stream, batch, backfill "

@@ -400,6 +400,7 @@ def serve_app() -> Any:
         decide_join=decide_join,
         blocking="threads" if blocking == "threads" else "inline",
         threads=int(os.environ.get(_SERVE_THREADS) or 4),
+        otel=os.environ.get("TESSERA_API_OTEL", "") == "1",
     )
     if logger is not None:  # write what is queued before the process exits
         api.router.on_shutdown.append(logger.close)

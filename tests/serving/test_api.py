@@ -219,6 +219,16 @@ def test_an_error_while_answering_is_a_500_and_the_work_is_done_once(world: dict
     assert client.post("/v1/features/fraud_v1", json=req, params={"at_ms": req["ts"]}).status_code == 200
 
 
+def test_opentelemetry_on_gives_the_same_answers(world: dict[str, Any], client: TestClient) -> None:
+    """FastAPI's OpenTelemetry instrumentation is off by default (``otel``); on, the answers are the same."""
+    traced = TestClient(create_app(world["plan"], world["fetcher"], world["decider"], otel=True))
+    req = world["requests"][0]
+    at = {"at_ms": req["ts"]}
+    got = traced.post("/v1/features/fraud_v1", json=req, params=at)
+    assert got.status_code == 200
+    assert got.json()["values"] == client.post("/v1/features/fraud_v1", json=req, params=at).json()["values"]
+
+
 def test_thread_pool_mode_gives_the_same_answers(world: dict[str, Any], client: TestClient) -> None:
     pooled = TestClient(create_app(world["plan"], world["fetcher"], world["decider"], blocking="threads"))
     for req in world["requests"][:3]:
