@@ -50,6 +50,7 @@ import json
 import os
 import sys
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -201,6 +202,11 @@ def flink_key(gb_index: int, entity: Sequence[Any]) -> str:
         ):
             return f'{gb_index}{_KEY_SEP}["{part}"]'
     return f"{gb_index}{_KEY_SEP}{json.dumps(list(entity), separators=(',', ':'))}"
+
+
+def bucket_of(key: str, buckets: int) -> int:
+    """The hash bucket of a Flink key (stable across processes and restarts, unlike :func:`hash`)."""
+    return zlib.crc32(key.encode("utf-8")) % buckets
 
 
 def parse_flink_key(key: str) -> tuple[int, tuple[Any, ...]]:

@@ -21,6 +21,7 @@ at flush, keyed state = period values + rows applied since) are what the Flink o
 
 from __future__ import annotations
 
+import heapq
 import struct
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -584,3 +585,201 @@ class KeyTiles:
             ),
             default=None,
         )
+
+
+# ---- one hash bucket of keys (the batch path of the Flink operator) -----------------------------------------
+
+#: A projected row handed to a bucket: ``(GroupBy index, Flink key, row)``.
+BucketRow = tuple[int, str, Mapping[str, Any]]
+
+
+def encode_batch(rows: Iterable[BucketRow]) -> bytes:
+    """Rows applied to a bucket in one call, as state bytes (GroupBy index, key, row JSON; in order)."""
+    w = Writer()
+    rows = list(rows)
+    w.uvarint(len(rows))
+    for gi, key, row in rows:
+        w.uvarint(gi)
+        w.string(key)
+        w.raw(encode_row(row))
+    return w.getvalue()
+
+
+def decode_batch(data: bytes) -> list[tuple[int, str, dict[str, Any]]]:
+    r = Reader(data)
+    out = [(r.uvarint(), r.string(), decode_row(r.raw())) for _ in range(r.uvarint())]
+    r.done()
+    return out
+
+
+def key_state_value(kt: KeyTiles) -> bytes:
+    """Every period value of one key as one state value (length-prefixed, in period-key order)."""
+    w = Writer()
+    w.uvarint(len(kt.entries))
+    for pk in sorted(kt.entries):
+        w.raw(kt.entries[pk].value(kt.codec))
+    return w.getvalue()
+
+
+def key_tiles_from_state(codec: StateCodec, retention: Mapping[int, int], data: bytes) -> KeyTiles:
+    """The inverse of :func:`key_state_value` (IRs decoded lazily)."""
+    kt = KeyTiles(codec, retention)
+    r = Reader(data)
+    for _ in range(r.uvarint()):
+        entry = PeriodEntry.from_value(r.raw())
+        kt.entries[period_state_key(entry.size, entry.period_start)] = entry
+    r.done()
+    return kt
+
+
+class BucketTiles:
+    """The keys of one hash bucket of the Flink operator's batch path, and what the bucket's keyed state must hold.
+
+    A bucket receives batches of projected rows (:meth:`apply`); its keys' IRs are updated in memory
+    (:class:`KeyTiles`) and encoded only when flushed (:meth:`flush`). The bucket's keyed state always equals
+    *each key's period values as of the last compaction* (one value per key, :func:`key_state_value`) plus *every
+    batch applied since* (pending batches ``"<seq>"``, :func:`encode_batch`): :meth:`apply` returns the batch
+    entry to put, :meth:`compact` the key values to put and the pending batches to remove, and :meth:`replay`
+    rebuilds the bucket from its pending batches (keys are loaded from their state values through ``load``).
+    So a checkpoint barrier, which can only fall between two batches, always finds a restorable state.
+
+    Compaction is allowed only when nothing is unflushed (:attr:`dirty` empty): a compacted value is then already
+    in memcached, which a restore relies on (it re-flushes only what it replays). Eviction (:meth:`expire`) needs
+    a compacted bucket too (a replayed batch would bring an evicted period back).
+    """
+
+    __slots__ = ("codecs", "dirty", "expiry", "keys", "pending_rows", "retentions", "seq", "uncompacted")
+
+    def __init__(self, codecs: list[StateCodec], retentions: list[Mapping[int, int]]) -> None:
+        self.codecs = codecs
+        self.retentions = retentions
+        self.keys: dict[str, KeyTiles] = {}
+        self.dirty: dict[str, int] = {}  # key -> GroupBy index, changed since the last flush
+        self.uncompacted: set[str] = set()  # keys changed since the last compaction
+        self.seq = 0  # pending batches in state: "0" .. str(seq - 1)
+        self.pending_rows = 0
+        self.expiry: list[tuple[int, str]] = []  # heap: (a period's expiry, key); may hold stale entries
+
+    def tiles(self, gi: int, key: str, load: Any = None) -> KeyTiles:
+        """The key's tiles; a key not in memory is loaded by ``load(key)`` (its state value, or ``None``)."""
+        kt = self.keys.get(key)
+        if kt is None:
+            data = load(key) if load is not None else None
+            if data is None:
+                kt = KeyTiles(self.codecs[gi], self.retentions[gi])
+            else:
+                kt = key_tiles_from_state(self.codecs[gi], self.retentions[gi], data)
+                nxt = kt.next_expiry()
+                if nxt is not None:
+                    heapq.heappush(self.expiry, (nxt, key))
+            self.keys[key] = kt
+        return kt
+
+    def _fold(self, rows: Iterable[BucketRow], load: Any) -> int:
+        keys = self.keys
+        dirty = self.dirty
+        uncompacted = self.uncompacted
+        n = 0
+        for gi, key, row in rows:
+            kt = keys.get(key)
+            if kt is None:
+                kt = self.tiles(gi, key, load)
+            earliest = kt._fold(row)
+            if earliest is not None:
+                heapq.heappush(self.expiry, (earliest, key))
+            dirty[key] = gi
+            uncompacted.add(key)
+            n += 1
+        self.pending_rows += n
+        return n
+
+    def apply(self, rows: list[BucketRow], load: Any = None) -> tuple[str, bytes]:
+        """Fold a batch of on-time rows; returns the pending-batch entry to put into state."""
+        self._fold(rows, load)
+        k = str(self.seq)
+        self.seq += 1
+        return k, encode_batch(rows)
+
+    def replay(self, pending: Iterable[tuple[str, bytes]], load: Any = None) -> int:
+        """Rebuild from the state's pending batches (in order); they become unflushed (flushed again, the same
+        bytes). Returns the rows replayed."""
+        batches = sorted((int(k), bytes(v)) for k, v in pending)
+        n = 0
+        for _, data in batches:
+            n += self._fold(decode_batch(data), load)
+        self.seq = batches[-1][0] + 1 if batches else 0
+        return n
+
+    def flush(self) -> list[tuple[int, str, int, int, bytes]]:
+        """``(GroupBy index, key, size, period start, value)`` of every period changed since the last flush."""
+        out = []
+        keys = self.keys
+        for key, gi in self.dirty.items():
+            kt = keys.get(key)
+            if kt is not None:
+                for size, ps, v in kt.flush():
+                    out.append((gi, key, size, ps, v))
+        self.dirty.clear()
+        return out
+
+    def compact(self) -> tuple[dict[str, bytes], list[str], list[str]]:
+        """``(key values to put, keys to remove, pending batches to remove)`` so that state holds no batch;
+        only when nothing is unflushed."""
+        if self.dirty:
+            raise ValueError("compact() with unflushed rows: flush first")
+        puts: dict[str, bytes] = {}
+        removes: list[str] = []
+        for key in self.uncompacted:
+            kt = self.keys.get(key)
+            if kt is None:
+                continue
+            kt.uncompacted.clear()
+            kt.seq = 0
+            if kt.entries:
+                puts[key] = key_state_value(kt)
+            else:
+                removes.append(key)
+        pending = [str(i) for i in range(self.seq)]
+        self.uncompacted.clear()
+        self.seq = 0
+        self.pending_rows = 0
+        return puts, removes, pending
+
+    def next_expiry(self) -> int | None:
+        return self.expiry[0][0] if self.expiry else None
+
+    def eviction_due(self, watermark_ms: int | None, granularity_ms: int = 1) -> bool:
+        """True once ``watermark_ms`` has passed the earliest expiry rounded up to ``granularity_ms`` (so a
+        bucket evicts, and compacts for it, at most once per step of event time)."""
+        if watermark_ms is None or not self.expiry:
+            return False
+        return -(-self.expiry[0][0] // granularity_ms) * granularity_ms <= watermark_ms
+
+    def expire(self, watermark_ms: int) -> tuple[dict[str, bytes], list[str], int]:
+        """Drop the periods past retention at ``watermark_ms``: ``(key values to put, keys to remove, periods
+        dropped)``. Only on a compacted bucket (:meth:`compact` first)."""
+        if self.seq or self.dirty:
+            raise ValueError("expire() needs a flushed and compacted bucket")
+        puts: dict[str, bytes] = {}
+        removes: set[str] = set()
+        dropped = 0
+        heap = self.expiry
+        while heap and heap[0][0] <= watermark_ms:
+            _, key = heapq.heappop(heap)
+            kt = self.keys.get(key)
+            if kt is None:
+                continue
+            gone = kt.expired(watermark_ms)
+            dropped += len(gone)
+            if kt.entries:
+                if gone:
+                    puts[key] = key_state_value(kt)
+                    removes.discard(key)
+                nxt = kt.next_expiry()
+                if nxt is not None:  # (> watermark_ms: the key's next eviction)
+                    heapq.heappush(heap, (nxt, key))
+            else:
+                del self.keys[key]
+                puts.pop(key, None)
+                removes.add(key)
+        return puts, sorted(removes), dropped
