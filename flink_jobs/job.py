@@ -61,7 +61,7 @@ from features.plan import GroupByPlan, Plan
 from features.reference import row_function
 from features.tiles import StateCodec, tile_suffix
 from flink_jobs import jsonio
-from flink_jobs.tiling import KeyTiles, entity_of, is_late, retention_of
+from flink_jobs.tiling import BucketTiles, KeyTiles, entity_of, is_late, retention_of
 from kvstore.codec import KeyLayout, encode_entity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,14 @@ COMPACT_ROWS = 16
 #: A key with rows not yet in memcached has a processing-time timer pending, on this grid (so one per key per
 #: grid step, however many events): after a restore it rebuilds the key, replaying its rows into a flush.
 KEY_TIMER_GRANULARITY_MS = 1000
+#: Batch path: a bucket's state is compacted (key values put, pending batches removed) once it holds this many
+#: pending rows, at its next batch or timer after a flush. Bounds the rows a restore replays per bucket.
+COMPACT_BUCKET_ROWS = 512
+#: Batch path defaults: the processing-time window (ms) that collects records into one Python call, and the
+#: number of hash buckets of the keys (keyed state and Python calls are per bucket; fixed for a checkpoint's life).
+BATCH_MS = 5
+BATCH_MAX_RECORDS = 1000
+BUCKETS = 8
 _KEY_SEP = "\x1f"
 
 
@@ -114,6 +122,9 @@ class JobSettings:
     job_name: str = "tessera-stream"
     state_cache_size: int = 100_000
     watermark_interval_ms: int = 20
+    batch_ms: int = BATCH_MS  # 0: the per-element path
+    batch_max_records: int = BATCH_MAX_RECORDS
+    buckets: int = BUCKETS
 
 
 # ---- validation (pure) -----------------------------------------------------------------------------------
@@ -305,6 +316,111 @@ def _stop_profile(prof: Any, operator: str) -> None:
     if prof is not None:
         prof.disable()
         prof.dump_stats(f"{os.environ['TESSERA_PROFILE']}.{operator}.prof")
+
+
+# ---- the batch path: records as the SQL micro-batch hands them over (pure) --------------------------------
+
+#: Separator of a batched record's fields (``<record ts>|<watermark>|<v value | n>``; written by ``tessera.flink.RecordBatcher``).
+_REC_SEP = "|"
+
+
+def batch_record(ts_ms: int | None, watermark_ms: int | None, value: str | None) -> str:
+    """A record spelled as the batching SQL spells it (for tests and tools): record timestamp, the source's
+    watermark when the record passed it (empty: none yet), ``v`` + value or ``n`` for a null value."""
+    return f"{'' if ts_ms is None else ts_ms}|{'' if watermark_ms is None else watermark_ms}|" + (
+        "n" if value is None else "v" + value
+    )
+
+
+class BatchParser:
+    """Per micro-batch of raw records: validation, late check, row logic, grouping by hash bucket of the key.
+
+    The same rules as the per-element ParseFunction, one record at a time, in order: a record is late if its
+    event time is behind *the watermark the source had emitted when this record passed it* (carried in the
+    record, so exactly the per-partition watermark the per-element path reads), minus the allowed lateness.
+    :meth:`parse` returns ``{bucket: [(GroupBy index, key, row), ...]}``, the dead-letter and late messages, and
+    the batch's *floor* watermark: its first record's (watermarks only grow along the stream, so every record of
+    this batch and of later ones was or will be checked against at least this watermark).
+    """
+
+    def __init__(self, gbs: Sequence[GroupByPlan], indexes: Sequence[int], buckets: int) -> None:
+        src = gbs[0].source
+        self.parser = EventParser(dict(src.schema), src.time_column)
+        self.time_column = src.time_column
+        self.lateness = src.allowed_lateness_ms
+        self.topic = src.topic
+        self.buckets = buckets
+        self.fns = [(gi, gb, row_function(gb)) for gi, gb in zip(indexes, gbs)]
+        self.counts = dict.fromkeys(
+            ["events_in", "events_out", "late", "dead_lettered", "filtered", "end_markers"], 0
+        )
+        self._bucket_of: dict[str, int] = {}  # key -> bucket, for keys seen recently (bounded)
+
+    def _dead(self, raw: str | None, reason: str, ts: int | None) -> str:
+        self.counts["dead_lettered"] += 1
+        return json.dumps(
+            {"reason": reason, "topic": self.topic, "record_ts": ts, "value": raw}, separators=(",", ":")
+        )
+
+    def parse(
+        self, records: Sequence[str]
+    ) -> tuple[dict[int, list[tuple[int, str, dict[str, Any]]]], list[str], list[str], int | None]:
+        out: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+        dead: list[str] = []
+        late: list[str] = []
+        counts = self.counts
+        parse = self.parser.parse
+        time_column, lateness, buckets = self.time_column, self.lateness, self.buckets
+        bucket_cache = self._bucket_of
+        if len(bucket_cache) > 100_000:
+            bucket_cache.clear()
+        wm: int | None = None
+        floor: int | None = None
+        first = True
+        for rec in records:
+            ts_s, wm_s, v = rec.split(_REC_SEP, 2)
+            wm = int(wm_s) if wm_s else None
+            if first:
+                floor = wm
+                first = False
+            raw = v[1:] if v[:1] == "v" else None
+            status, event = parse(raw)
+            if status == "marker":
+                counts["end_markers"] += 1
+                continue
+            counts["events_in"] += 1
+            if status == "bad":
+                dead.append(self._dead(raw, event, int(ts_s) if ts_s else None))
+                continue
+            if wm is not None and event[time_column] < wm - lateness:
+                counts["late"] += 1
+                late.append(raw)  # type: ignore[arg-type]
+                continue
+            for gi, gb, fn in self.fns:
+                try:
+                    row = fn(event)
+                except Exception as e:  # a value the row logic cannot take: dead-letter, keep running
+                    dead.append(
+                        self._dead(raw, f"row logic of {gb.name} failed: {e!r}", int(ts_s) if ts_s else None)
+                    )
+                    break
+                if row is None:
+                    counts["filtered"] += 1
+                    continue
+                entity = entity_of(gb, row)
+                if entity is None:
+                    counts["filtered"] += 1
+                    continue
+                counts["events_out"] += 1
+                key = flink_key(gi, entity)
+                b = bucket_cache.get(key)
+                if b is None:
+                    b = bucket_cache[key] = bucket_of(key, buckets)
+                rows = out.get(b)
+                if rows is None:
+                    rows = out[b] = []
+                rows.append((gi, key, row))
+        return out, dead, late, floor
 
 
 # ---- the operators (built lazily: pyflink is only importable in the Flink environment) ------------------
@@ -630,6 +746,359 @@ def _functions() -> tuple[Any, Any]:
     return ParseFunction, TileFunction
 
 
+def _batch_functions() -> tuple[Any, Any]:
+    """The batch path's operators: ParseBatchFunction (one call per micro-batch of records) and
+    BucketTileFunction (one call per hash bucket's rows of a micro-batch)."""
+    from pyflink.common import Types
+    from pyflink.datastream import KeyedProcessFunction, ProcessFunction, RuntimeContext
+    from pyflink.datastream.state import MapStateDescriptor
+
+    class ParseBatchFunction(ProcessFunction):
+        """A micro-batch of raw records -> per hash bucket one ``(bucket, watermark, subtask, rows)`` element."""
+
+        def __init__(
+            self,
+            plan_json: str,
+            names: list[str],
+            indexes: list[int],
+            buckets: int,
+            source: int,
+            late_tag: Any,
+            dlq_tag: Any,
+            metrics_dir: str | None,
+        ) -> None:
+            self.plan_json = plan_json
+            self.names = names
+            self.indexes = indexes
+            self.buckets = buckets
+            self.source = source
+            self.late_tag = late_tag
+            self.dlq_tag = dlq_tag
+            self.metrics_dir = metrics_dir
+
+        def open(self, runtime_context: RuntimeContext) -> None:
+            plan = Plan.from_json(self.plan_json)
+            gbs = [plan.group_by(n) for n in self.names]
+            self.parser = BatchParser(gbs, self.indexes, self.buckets)
+            self.topic = gbs[0].source.topic
+            self.m = _Metrics(
+                runtime_context,
+                f"parse-{self.topic}",
+                [*self.parser.counts, "batches"],
+                self.metrics_dir,
+            )
+            self.m.values = self.parser.counts  # the parser counts into the metrics directly
+            self.m.values.setdefault("batches", 0)
+            self._profile = _start_profile()
+
+        def close(self) -> None:
+            _stop_profile(self._profile, f"parse-{self.topic}")
+            self.m.maybe_write(force=True)
+
+        def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+            markers = self.parser.counts["end_markers"]
+            out, dead, late, wm = self.parser.parse(value)
+            self.m.values["batches"] += 1
+            for d in dead:
+                yield self.dlq_tag, d
+            for raw in late:
+                yield self.late_tag, raw
+            source = self.source
+            for b, rows in out.items():
+                yield b, wm, source, rows
+            self.m.maybe_write(force=self.parser.counts["end_markers"] > markers)
+
+    class BucketTileFunction(KeyedProcessFunction):
+        """Per hash bucket: its keys' tiles in memory (:class:`BucketTiles`); keyed state holds each key's period
+        values as of the bucket's last compaction plus the batches applied since."""
+
+        def __init__(self, plan_json: str, names: list[str], settings: dict[str, Any]) -> None:
+            self.plan_json = plan_json
+            self.names = names
+            self.settings = settings
+
+        def open(self, runtime_context: RuntimeContext) -> None:
+            from kvstore.memcached import MemcachedStore
+
+            plan = Plan.from_json(self.plan_json)
+            s = self.settings
+            self.gbs = [plan.group_by(n) for n in self.names]
+            self.codecs = [StateCodec(gb) for gb in self.gbs]
+            self.retention = [retention_of(gb) for gb in self.gbs]
+            self.layouts = [KeyLayout(gb.stream.dataset, gb.semantic_hash) for gb in self.gbs]  # type: ignore[union-attr]
+            self.datasets = [gb.stream.dataset for gb in self.gbs]  # type: ignore[union-attr]
+            self.lateness = [gb.source.allowed_lateness_ms for gb in self.gbs]
+            self.time_cols = [c.time_col for c in self.codecs]
+            fi = s["flush_interval_ms"]
+            flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
+            self.flush_ms = max(0, min(flush_ms))
+            self.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
+            self.compact_rows = int(s.get("compact_rows", COMPACT_BUCKET_ROWS))
+            self.upstreams = int(s.get("upstreams", 1))
+            self.store = MemcachedStore(
+                s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
+            )
+            # Strings (latin-1) rather than byte arrays: one JVM call per value (see TileFunction).
+            self.values = runtime_context.get_map_state(
+                MapStateDescriptor("key-values", Types.STRING(), Types.STRING())
+            )
+            self.pending = runtime_context.get_map_state(
+                MapStateDescriptor("pending-batches", Types.STRING(), Types.STRING())
+            )
+            self.buckets: dict[int, BucketTiles] = {}
+            self.fresh: dict[int, bool] = {}  # bucket -> its state held no key when loaded (no lookups)
+            self.dirty_buckets: dict[int, BucketTiles] = {}
+            self.flush_timer_at: int | None = None
+            self.timer_at: dict[int, int] = {}
+            self.entities: dict[str, bytes] = {}  # key -> encoded entity
+            self.upstream_wm: dict[int, int] = {}  # parse subtask -> the watermark of its last batch seen
+            self.next_flush = 0
+            self.m = _Metrics(
+                runtime_context,
+                "tiles",
+                [
+                    "applied",
+                    "late_at_tiler",
+                    "flushes",
+                    "values_flushed",
+                    "flush_errors",
+                    "periods_evicted",
+                    "batches",
+                    "compactions",
+                    "replayed",
+                ],
+                s.get("metrics_dir"),
+            )
+            self.latency = self.m.group.distribution("flush_latency_us")
+            self._profile = _start_profile()
+
+        def close(self) -> None:
+            _stop_profile(self._profile, "tiles")
+            self._flush_all()
+            self.m.maybe_write(force=True)
+            self.store.close()
+
+        def _load_key(self, key: str) -> bytes | None:
+            v = self.values.get(key)
+            return None if v is None else v.encode("latin-1")
+
+        def _bucket(self, b: int) -> BucketTiles:
+            """The bucket's tiles (current key = ``b``); the first touch since open() replays its batches."""
+            bt = self.buckets.get(b)
+            if bt is None:
+                bt = self.buckets[b] = BucketTiles(self.codecs, self.retention)
+                self.fresh[b] = self.values.is_empty()
+                n = bt.replay(
+                    [(k, v.encode("latin-1")) for k, v in self.pending.items()],
+                    None if self.fresh[b] else self._load_key,
+                )
+                if n:  # rows replayed from state (after a restore): flush them again (idempotent)
+                    self.m.inc("replayed", n)
+                    self.dirty_buckets[b] = bt
+            return bt
+
+        def _safe_watermark(self) -> int | None:
+            """The watermark every later record is at or past: the smallest over the parse subtasks of the
+            watermark of their last batch seen (``None`` until each has been seen)."""
+            if len(self.upstream_wm) < self.upstreams:
+                return None
+            return min(self.upstream_wm.values())
+
+        def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+            b, wm, src, rows = value
+            timers = ctx.timer_service()
+            bt = self._bucket(b)
+            safe = self._safe_watermark()
+            if safe is not None:
+                lateness, time_cols = self.lateness, self.time_cols
+                on_time = [r for r in rows if r[2][time_cols[r[0]]] >= safe - lateness[r[0]]]
+                if len(on_time) != len(rows):  # never expected: the parse operator saw a later watermark
+                    self.m.inc("late_at_tiler", len(rows) - len(on_time))
+                    rows = on_time
+            if wm is not None and wm > self.upstream_wm.get(src, LONG_MIN):
+                self.upstream_wm[src] = wm
+            self.m.inc("batches")
+            if rows:
+                if bt.pending_rows >= self.compact_rows and not bt.dirty:
+                    self._compact(bt)  # every row so far has been flushed: key values may go to state
+                k, v = bt.apply(rows, None if self.fresh[b] else self._load_key)
+                self.pending.put(k, v.decode("latin-1"))  # state = key values + batches since: restorable
+                self.dirty_buckets[b] = bt
+                self.m.inc("applied", len(rows))
+            self._maybe_evict(bt)
+            if self.flush_ms <= 0:
+                self._flush_all()
+                self._compact(bt)
+            else:
+                now = timers.current_processing_time()
+                if now >= self.next_flush:
+                    self._flush_all(now)
+                if bt.dirty:
+                    self._ensure_bucket_timer(b, timers, now)
+                self._ensure_flush_timer(timers, now)
+            self.m.maybe_write()
+            return iter(())
+
+        def _maybe_evict(self, bt: BucketTiles) -> None:
+            safe = self._safe_watermark()
+            if not bt.eviction_due(safe, EVICT_GRANULARITY_MS):
+                return
+            assert safe is not None
+            if bt.dirty:
+                self._flush_all()
+            self._compact(bt)
+            puts, removes, dropped = bt.expire(safe)
+            for key, v in puts.items():
+                self.values.put(key, v.decode("latin-1"))
+            for key in removes:
+                self.values.remove(key)
+                self.entities.pop(key, None)
+            if dropped:
+                self.m.inc("periods_evicted", dropped)
+
+        def _ensure_bucket_timer(self, b: int, timers: Any, now: int) -> None:
+            """A bucket with rows not yet in memcached keeps a processing-time timer pending (on a coarse grid): a
+            checkpoint taken meanwhile holds it, and after a restore it rebuilds the bucket (replaying its
+            batches, hence flushing them) even if the bucket never gets another batch."""
+            if self.timer_at.get(b, -1) < now:
+                at = -(-(now + self.flush_ms + 1) // KEY_TIMER_GRANULARITY_MS) * KEY_TIMER_GRANULARITY_MS
+                timers.register_processing_time_timer(at)
+                self.timer_at[b] = at
+
+        def _ensure_flush_timer(self, timers: Any, now: int) -> None:
+            if self.dirty_buckets and self.flush_timer_at is None and self.flush_ms > 0:
+                at = max(self.next_flush, now + 1)
+                timers.register_processing_time_timer(at)
+                self.flush_timer_at = at
+
+        def _compact(self, bt: BucketTiles) -> None:
+            """Write the current bucket's changed key values to state and drop its pending batches."""
+            puts, removes, pending = bt.compact()
+            for key, v in puts.items():
+                self.values.put(key, v.decode("latin-1"))
+            for key in removes:
+                self.values.remove(key)
+            for k in pending:
+                self.pending.remove(k)
+            self.m.inc("compactions")
+
+        def _flush_all(self, now_ms: int | None = None) -> None:
+            """Encode every changed period of every bucket (once, however many rows it took) -> memcached."""
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            self.next_flush = now + self.flush_ms
+            if not self.dirty_buckets:
+                return
+            t0 = time.perf_counter()
+            items: dict[str, dict[bytes, bytes]] = {}
+            entities = self.entities
+            for bt in self.dirty_buckets.values():
+                for gi, key, size, ps, v in bt.flush():
+                    ent = entities.get(key)
+                    if ent is None:
+                        ent = entities[key] = encode_entity(list(parse_flink_key(key)[1]))
+                    out = items.get(self.datasets[gi])
+                    if out is None:
+                        out = items[self.datasets[gi]] = {}
+                    out[self.layouts[gi].key(ent, tile_suffix(size, ps))] = v
+            self.dirty_buckets.clear()
+            for dataset, batch in items.items():
+                if batch:
+                    self._put(dataset, batch)
+            cost_ms = (time.perf_counter() - t0) * 1000
+            self.next_flush = now + max(self.flush_ms, int(cost_ms * self.flush_cost_share))
+
+        def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
+            t0 = time.perf_counter()
+            for attempt in range(5):
+                try:
+                    self.store.multi_put(dataset, items)
+                    break
+                except Exception:
+                    self.m.inc("flush_errors")
+                    if attempt == 4:
+                        raise  # fail the job: it restarts from the checkpoint and rewrites (idempotent)
+                    time.sleep(0.05 * (attempt + 1))
+            self.latency.update(int((time.perf_counter() - t0) * 1e6))
+            self.m.inc("flushes")
+            self.m.inc("values_flushed", len(items))
+
+        def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+            b = ctx.get_current_key()
+            bt = self._bucket(b)
+            if self.flush_timer_at is not None and self.flush_timer_at <= timestamp:
+                self.flush_timer_at = None
+            if self.timer_at.get(b, timestamp + 1) <= timestamp:
+                del self.timer_at[b]
+            timers = ctx.timer_service()
+            now = timers.current_processing_time()
+            if now >= self.next_flush:
+                self._flush_all(now)
+            if bt.dirty:
+                self._ensure_bucket_timer(b, timers, now)
+            elif bt.pending_rows >= self.compact_rows:
+                self._compact(bt)
+            self._maybe_evict(bt)
+            self._ensure_flush_timer(timers, now)
+            self.m.maybe_write()
+            return iter(())
+
+    return ParseBatchFunction, BucketTileFunction
+
+
+# ---- the record batcher (Java) ---------------------------------------------------------------------------
+
+BATCHER_SOURCE = Path(__file__).resolve().parent / "java" / "tessera" / "flink" / "RecordBatcher.java"
+BATCHER_JAR = ROOT / "build" / "jars" / "tessera-batcher.jar"
+
+
+def batcher_jar(jar: Path = BATCHER_JAR) -> Path:
+    """The jar of ``tessera.flink.RecordBatcher``, compiled (``javac``, against PyFlink's ``flink-dist``) when it
+    is missing or older than its source. A few seconds, once."""
+    if jar.exists() and jar.stat().st_mtime >= BATCHER_SOURCE.stat().st_mtime:
+        return jar
+    import shutil
+    import subprocess
+    import tempfile
+    import zipfile
+
+    import pyflink
+
+    javac = shutil.which("javac")
+    if javac is None:
+        raise FileNotFoundError(
+            "javac not found: the batch path compiles flink_jobs/java (a JDK 17 is needed)"
+        )
+    dist = sorted((Path(pyflink.__file__).parent / "lib").glob("flink-dist*.jar"))
+    if not dist:
+        raise FileNotFoundError("flink-dist jar not found in the PyFlink installation")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [javac, "--release", "17", "-nowarn", "-cp", str(dist[0]), "-d", tmp, str(BATCHER_SOURCE)],
+            check=True,
+            capture_output=True,
+        )
+        jar.parent.mkdir(parents=True, exist_ok=True)
+        part = jar.with_suffix(".tmp")
+        with zipfile.ZipFile(part, "w") as z:
+            for f in sorted(Path(tmp).rglob("*.class")):
+                z.write(f, f.relative_to(tmp).as_posix())
+        os.replace(part, jar)
+    return jar
+
+
+def batch_records(raw: Any, batch_ms: int, max_records: int) -> Any:
+    """``raw`` (a DataStream of record values) -> a DataStream of record batches (lists of strings, see
+    :data:`_REC_SEP`), by the Java operator ``tessera.flink.RecordBatcher`` chained to the source."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    out_type = Types.OBJECT_ARRAY(Types.STRING())
+    op = get_gateway().jvm.tessera.flink.RecordBatcher(batch_ms, max_records)
+    j_ds = raw._j_data_stream.transform("batch-records", out_type.get_java_type_info(), op)
+    return DataStream(j_ds)
+
+
 # ---- the job graph ---------------------------------------------------------------------------------------
 
 
@@ -709,7 +1178,17 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
     by_topic: dict[str, list[int]] = {}
     for i, gb in enumerate(gbs):
         by_topic.setdefault(gb.source.topic, []).append(i)
-    ParseFunction, TileFunction = _functions()
+    batched = settings.batch_ms > 0
+    if batched and settings.parallelism != 1:
+        # The watermark carried by the batches is exact only when one batcher sees one source subtask's
+        # records in order (see the module docstring); beyond that, the per-element path.
+        print("tessera stream: parallelism > 1: the per-element path (no micro-batches)", file=sys.stderr)
+        batched = False
+    if batched:
+        env.add_jars(batcher_jar().as_uri())
+        ParseFunction, TileFunction = _batch_functions()
+    else:
+        ParseFunction, TileFunction = _functions()
     metrics_dir = str(settings.metrics_dir) if settings.metrics_dir else None
     keyed_inputs = []
     starting = {
@@ -731,7 +1210,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
             .build()
         )
 
-    for topic, idx in by_topic.items():
+    for ti, (topic, idx) in enumerate(by_topic.items()):
         src_plan = gbs[idx[0]].source
         builder = (
             KafkaSource.builder()
@@ -753,10 +1232,27 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         raw = env.from_source(source, wms, f"kafka-{topic}").uid(f"source-{topic}")
         late_tag = OutputTag(f"late-{topic}", Types.STRING())
         dlq_tag = OutputTag(f"dlq-{topic}", Types.STRING())
-        parsed = raw.process(
-            ParseFunction(plan_json, [gbs[i].name for i in idx], idx, late_tag, dlq_tag, metrics_dir),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        ).uid(f"parse-{topic}")
+        if batched:
+            # Java only until a batch is complete: each record as one string with its Kafka timestamp and the
+            # source's watermark as it passed (tessera.flink.RecordBatcher, chained to the source).
+            batches = batch_records(raw, settings.batch_ms, settings.batch_max_records)
+            parse_fn = ParseFunction(
+                plan_json,
+                [gbs[i].name for i in idx],
+                idx,
+                settings.buckets,
+                ti,
+                late_tag,
+                dlq_tag,
+                metrics_dir,
+            )
+            parsed = batches.process(parse_fn, output_type=Types.PICKLED_BYTE_ARRAY()).uid(f"parse-{topic}")
+            batches.uid(f"batch-{topic}")
+        else:
+            parsed = raw.process(
+                ParseFunction(plan_json, [gbs[i].name for i in idx], idx, late_tag, dlq_tag, metrics_dir),
+                output_type=Types.PICKLED_BYTE_ARRAY(),
+            ).uid(f"parse-{topic}")
         parsed.get_side_output(late_tag).sink_to(sink(src_plan.late_topic)).uid(f"late-sink-{topic}")
         parsed.get_side_output(dlq_tag).sink_to(sink(src_plan.dead_letter_topic)).uid(f"dlq-sink-{topic}")
         keyed_inputs.append(parsed)
@@ -768,10 +1264,14 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "flush_interval_ms": settings.flush_interval_ms,
         "flush_cost_share": settings.flush_cost_share,
         "metrics_dir": metrics_dir,
+        "upstreams": len(by_topic),
     }
+    if batched:
+        keyed = merged.key_by(lambda r: r[0], key_type=Types.INT())
+    else:
+        keyed = merged.key_by(lambda r: r[1], key_type=Types.STRING())
     (
-        merged.key_by(lambda r: r[1], key_type=Types.STRING())
-        .process(TileFunction(plan_json, [gb.name for gb in gbs], tile_settings))
+        keyed.process(TileFunction(plan_json, [gb.name for gb in gbs], tile_settings))
         .uid("tiles")
         .name("tiles")
     )
@@ -815,6 +1315,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-dir", type=Path, default=None)
     p.add_argument("--jars", type=Path, default=DEFAULT_JARS)
     p.add_argument("--job-name", default="tessera-stream")
+    p.add_argument(
+        "--batch-ms",
+        type=int,
+        default=BATCH_MS,
+        help="processing-time window collecting records into one Python call (0: one call per record)",
+    )
+    p.add_argument(
+        "--batch-max-records", type=int, default=BATCH_MAX_RECORDS, help="records per batch at most"
+    )
+    p.add_argument(
+        "--buckets", type=int, default=BUCKETS, help="hash buckets of the keys (keep it for a restore)"
+    )
     return p
 
 
@@ -847,6 +1359,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics_dir=args.metrics_dir,
         jars_dir=args.jars,
         job_name=args.job_name,
+        batch_ms=args.batch_ms,
+        batch_max_records=args.batch_max_records,
+        buckets=args.buckets,
     )
     print(
         f"tessera stream: {', '.join(gb.name for gb in gbs)} from "

@@ -589,6 +589,8 @@ class KeyTiles:
 
 # ---- one hash bucket of keys (the batch path of the Flink operator) -----------------------------------------
 
+_NEVER = 2**63
+
 #: A projected row handed to a bucket: ``(GroupBy index, Flink key, row)``.
 BucketRow = tuple[int, str, Mapping[str, Any]]
 
@@ -648,7 +650,17 @@ class BucketTiles:
     a compacted bucket too (a replayed batch would bring an evicted period back).
     """
 
-    __slots__ = ("codecs", "dirty", "expiry", "keys", "pending_rows", "retentions", "seq", "uncompacted")
+    __slots__ = (
+        "codecs",
+        "dirty",
+        "expiry",
+        "keys",
+        "pending_rows",
+        "retentions",
+        "scheduled",
+        "seq",
+        "uncompacted",
+    )
 
     def __init__(self, codecs: list[StateCodec], retentions: list[Mapping[int, int]]) -> None:
         self.codecs = codecs
@@ -658,7 +670,8 @@ class BucketTiles:
         self.uncompacted: set[str] = set()  # keys changed since the last compaction
         self.seq = 0  # pending batches in state: "0" .. str(seq - 1)
         self.pending_rows = 0
-        self.expiry: list[tuple[int, str]] = []  # heap: (a period's expiry, key); may hold stale entries
+        self.expiry: list[tuple[int, str]] = []  # heap: (a key's earliest expiry, key); stale entries skipped
+        self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
 
     def tiles(self, gi: int, key: str, load: Any = None) -> KeyTiles:
         """The key's tiles; a key not in memory is loaded by ``load(key)`` (its state value, or ``None``)."""
@@ -671,7 +684,7 @@ class BucketTiles:
                 kt = key_tiles_from_state(self.codecs[gi], self.retentions[gi], data)
                 nxt = kt.next_expiry()
                 if nxt is not None:
-                    heapq.heappush(self.expiry, (nxt, key))
+                    self._schedule(key, nxt)
             self.keys[key] = kt
         return kt
 
@@ -685,8 +698,8 @@ class BucketTiles:
             if kt is None:
                 kt = self.tiles(gi, key, load)
             earliest = kt._fold(row)
-            if earliest is not None:
-                heapq.heappush(self.expiry, (earliest, key))
+            if earliest is not None and earliest < self.scheduled.get(key, _NEVER):
+                self._schedule(key, earliest)
             dirty[key] = gi
             uncompacted.add(key)
             n += 1
@@ -745,6 +758,10 @@ class BucketTiles:
         self.pending_rows = 0
         return puts, removes, pending
 
+    def _schedule(self, key: str, at: int) -> None:
+        self.scheduled[key] = at
+        heapq.heappush(self.expiry, (at, key))
+
     def next_expiry(self) -> int | None:
         return self.expiry[0][0] if self.expiry else None
 
@@ -765,7 +782,10 @@ class BucketTiles:
         dropped = 0
         heap = self.expiry
         while heap and heap[0][0] <= watermark_ms:
-            _, key = heapq.heappop(heap)
+            at, key = heapq.heappop(heap)
+            if self.scheduled.get(key) != at:
+                continue  # superseded by an earlier expiry of the key, or the key is gone
+            del self.scheduled[key]
             kt = self.keys.get(key)
             if kt is None:
                 continue
@@ -777,7 +797,7 @@ class BucketTiles:
                     removes.discard(key)
                 nxt = kt.next_expiry()
                 if nxt is not None:  # (> watermark_ms: the key's next eviction)
-                    heapq.heappush(heap, (nxt, key))
+                    self._schedule(key, nxt)
             else:
                 del self.keys[key]
                 puts.pop(key, None)
