@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -662,7 +662,7 @@ class BucketTiles:
         "uncompacted",
     )
 
-    def __init__(self, codecs: list[StateCodec], retentions: list[Mapping[int, int]]) -> None:
+    def __init__(self, codecs: Sequence[StateCodec], retentions: Sequence[Mapping[int, int]]) -> None:
         self.codecs = codecs
         self.retentions = retentions
         self.keys: dict[str, KeyTiles] = {}

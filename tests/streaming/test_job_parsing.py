@@ -150,3 +150,79 @@ def _type_ok(value: Any, declared: str) -> bool:
     if t == "boolean":
         return isinstance(value, bool)
     return True
+
+
+def test_batch_parser_applies_the_per_record_rules_in_order() -> None:
+    """:class:`BatchParser` (one call per batch) against the per-record rules written out plainly: validation
+    (same dead-letter reasons as :func:`parse_event`), the late check against each record's own carried
+    watermark, every GroupBy's row logic; rows grouped by the bucket of their key, in record order."""
+    import json
+
+    from features.reference import row_function
+    from flink_jobs.job import BatchParser, batch_record, bucket_of
+    from flink_jobs.tiling import entity_of, is_late
+
+    plan = compile_repo(ROOT / "features" / "fraud")
+    gbs = [plan.group_by("card"), plan.group_by("merchant")]
+    src = gbs[0].source
+    rows = generate(seed=2, days=1, events_per_day=400).payments.to_pylist()
+    records: list[str] = []
+    wm: int | None = None
+    for i, row in enumerate(rows):
+        value: str | None
+        if i % 37 == 5:
+            bad = malformed_message(MALFORMED_KINDS[i % len(MALFORMED_KINDS)], row, ["card_id"], 0)
+            value = None if bad is None else bad.decode()
+        elif i % 53 == 7:
+            value = encode_value({**row, "ts": row["ts"] - 2 * src.allowed_lateness_ms}).decode()
+        else:
+            value = encode_value(row).decode()
+        records.append(batch_record(row["ts"], wm, value))
+        wm = row["ts"] - 1 if wm is None else max(wm, row["ts"] - 1)
+    records.append(batch_record(None, wm, None))  # a tombstone, no record timestamp
+    records.append(batch_record(1, wm, '{"__tessera_end__": true, "partition": 0}'))
+
+    parser = BatchParser(gbs, [0, 1], buckets=5)
+    got_out: dict[int, list[Any]] = {}
+    got_dead: list[str] = []
+    got_late: list[str] = []
+    floors = []
+    for start in range(0, len(records), 23):  # batches of 23 records
+        out, dead, late, floor = parser.parse(records[start : start + 23])
+        for b, rs in out.items():
+            got_out.setdefault(b, []).extend(rs)
+        got_dead += dead
+        got_late += late
+        floors.append(floor)
+
+    want_out: dict[int, list[Any]] = {}
+    want_dead: list[tuple[str, int | None]] = []
+    want_late: list[str] = []
+    fns = [row_function(gb) for gb in gbs]
+    for rec in records:
+        ts_s, wm_s, v = rec.split("|", 2)
+        raw = v[1:] if v.startswith("v") else None
+        status, event = parse_event(raw, src.schema, src.time_column)
+        if status == "marker":
+            continue
+        if status == "bad":
+            want_dead.append((event, int(ts_s) if ts_s else None))
+            continue
+        if is_late(event["ts"], int(wm_s) if wm_s else None, src.allowed_lateness_ms):
+            want_late.append(raw)  # type: ignore[arg-type]
+            continue
+        for gi, (gb, fn) in enumerate(zip(gbs, fns)):
+            row = fn(event)
+            ent = entity_of(gb, row) if row is not None else None
+            if ent is not None:
+                key = flink_key(gi, ent)
+                want_out.setdefault(bucket_of(key, 5), []).append((gi, key, row))
+    assert got_out == want_out
+    assert [(d["reason"], d["record_ts"]) for d in map(json.loads, got_dead)] == want_dead
+    assert got_late == want_late and len(want_late) >= 5 and len(want_dead) >= 10
+    c = parser.counts
+    assert c["end_markers"] == 1 and c["dead_lettered"] == len(want_dead) and c["late"] == len(want_late)
+    assert c["events_in"] == len(records) - 1
+    assert floors[0] is None and floors[1:] == [
+        int(records[s].split("|")[1]) for s in range(23, len(records), 23)
+    ]
