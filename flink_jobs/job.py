@@ -1,34 +1,53 @@
 """The streaming tiling job: Kafka (JSON events) -> row logic -> tiles in Flink keyed state -> memcached.
 
-Built from a compiled plan only. Per source topic of the chosen GroupBys::
+Built from a compiled plan only. Python is handed *batches* of records (the default, ``--batch-ms`` > 0), so
+PyFlink's per-element cost (~110 us in the tile thread, 50-80 us in the source thread, per call) is paid per batch.
+Per source topic of the chosen GroupBys::
 
     KafkaSource (record timestamp = event time; per-partition bounded-out-of-orderness watermarks)
-      -> parse + validate against the source schema        (malformed -> <source>.dlq with the reason)
-      -> late check: ts < watermark - allowed lateness      (late -> <source>.late, counted, not applied)
-      -> each GroupBy's compiled row logic, keyed by (GroupBy, entity)
-    union -> key_by -> TileFunction: decoded tile IRs per key in operator memory (flink_jobs.tiling.KeyTiles);
-      an event updates IRs only and appends itself to the key's MapState as a pending row; dirty periods are
-      encoded (once per flush, however many events a hot key had) and written to memcached as idempotent full-IR
-      upserts by one operator-wide flush every ``--flush-interval-ms`` (checked per element, plus one pending
-      processing-time timer for an idle stream; 0 = after every element; under load the interval stretches to
-      FLUSH_COST_SHARE x the last flush's duration) and before an eviction; periods past retention are cleared
-      by event-time timers (one per key per EVICT_GRANULARITY_MS at most).
+      -> RecordBatcher (Java, flink_jobs/java, chained to the source): each record becomes
+         "<record ts>|<watermark>|v<value>", the watermark being the source's as the record passed it (so the
+         per-partition watermark a per-record operator would read); a batch is emitted --batch-ms after its first
+         record, at --batch-max-records, before every checkpoint barrier (a batch never spans one; the operator
+         has no state) and at the end of input
+      -> ParseBatchFunction (one Python call per batch; BatchParser): per record, in order, parse + validate
+         (malformed -> <source>.dlq with the reason), late check against *its own carried watermark*:
+         ts < watermark - allowed lateness (late -> <source>.late, counted, not applied), each GroupBy's row
+         logic; rows grouped by hash bucket of their (GroupBy, entity) key (crc32 mod --buckets), one element
+         per bucket: (bucket, the batch's first watermark, source index, rows)
+    union -> key_by(bucket) -> BucketTileFunction (one call per bucket per batch; flink_jobs.tiling.BucketTiles):
+      decoded tile IRs per key in operator memory; a batch updates IRs only and is put into the bucket's MapState
+      as one pending batch; changed periods are encoded (once per flush, however many events a key had) and
+      written to memcached as idempotent full-IR upserts by one operator-wide flush every ``--flush-interval-ms``
+      (checked per element, plus one pending processing-time timer for an idle stream; 0 = after every element;
+      under load the interval stretches to FLUSH_COST_SHARE x the last flush's duration) and before an eviction.
+      Periods past retention are dropped when the *carried* watermark passes them (a bucket checks at its
+      batches and timers, at most once per EVICT_GRANULARITY_MS of event time): the smallest over the sources of
+      the first watermark of their last batch, a watermark every later record was checked against at least -
+      Flink's own watermark at this operator can run ahead of records still in a batch, so it is not used.
 
 Checkpoint correctness: PyFlink gives a keyed Python function no hook before the barrier, so the keyed state is
-kept restorable at *every* element instead. A key's MapState always holds its period values as of the last
-compaction plus every row applied since (``r:<seq>``, in order; a put per event, no IR encode). A key is
-compacted (encoded period values put, rows removed, in the key's context) once it has COMPACT_ROWS pending rows,
-all of them flushed (at its next event or timer), and before an eviction; so a barrier between any two elements
-snapshots a consistent pair. A key with rows not yet in memcached keeps a processing-time timer pending (on a
-1 s grid, so at most one per key per second), so every checkpoint holds one for it. On restore a key is rebuilt
-on first touch (event or restored timer) by decoding its period values and replaying its pending rows, which
-marks them dirty so they are flushed again (idempotent). Compaction only follows a flush, so a compacted value
-has reached memcached before the checkpoint that holds it. Memcached may be ahead of the restored checkpoint;
-the replayed Kafka records recompute the same values.
+kept restorable at every element - here every batch, since a barrier can only fall between two batches (the
+batcher emits before it). A bucket's state holds one value per key (all its period values, as of the bucket's
+last compaction) plus every batch applied since (``pending-batches``, ``<seq>`` -> rows, in order; one put per
+bucket per batch, no IR encode). A bucket is compacted (changed key values put, batches removed) once it holds
+COMPACT_BUCKET_ROWS pending rows, all of them flushed (at its next batch or timer), and before an eviction. A
+bucket with rows not yet in memcached keeps a processing-time timer pending (1 s grid). On restore a bucket is
+rebuilt on first touch (batch or restored timer) by replaying its pending batches over its keys' values (a key
+is read from state when first needed), which marks them dirty so they are flushed again (idempotent).
+Compaction only follows a flush, so a compacted value has reached memcached before the checkpoint that holds it.
+Memcached may be ahead of the restored checkpoint; the replayed Kafka records recompute the same values.
+``--buckets`` must stay the same across a restore (state is keyed by bucket). With ``--parallelism`` > 1 the job
+takes the per-element path (the carried watermark is defined per source subtask; not built for several yet).
+
+The per-element path (``--batch-ms 0``): ParseFunction per record (late check against the operator's current
+watermark) -> key_by((GroupBy, entity)) -> TileFunction with one MapState per key (period values + pending rows
+``r:<seq>``, one put per event, compacted after COMPACT_ROWS flushed rows) and eviction by event-time timers.
 
 The decisions (lateness, tiles, eviction, bytes) live in :mod:`flink_jobs.tiling`; this module moves bytes.
 
-Runs in ``.venv-flink`` (apache-flink 2.3, the Kafka connector jars of ``.tools/jars``)::
+Runs in ``.venv-flink`` (apache-flink 2.3, the Kafka connector jars of ``.tools/jars``; the batcher's jar is
+compiled with ``javac`` into ``build/jars`` on first use)::
 
     .venv-flink/bin/python -m flink_jobs.job --plan plan.json --all --bootstrap 127.0.0.1:9092 \\
         --memcached 127.0.0.1:11211 --checkpoint-dir .data/checkpoints
@@ -37,8 +56,9 @@ Restart after a crash from the latest complete checkpoint: the same command with
 (or ``--restore PATH/chk-N``). On a Flink cluster: ``flink run -py flink_jobs/job.py -pyfs <repo> -- <args>``.
 
 Metrics (Flink metric group ``tessera``): ``events_in``, ``events_out`` (rows handed to the tiler), ``late``,
-``dead_lettered``, ``filtered``, ``end_markers`` (parse operator); ``applied``, ``flushes``, ``values_flushed``,
-``flush_errors``, ``periods_evicted`` and the distribution ``flush_latency_us`` (tile operator); counters reach Flink
+``dead_lettered``, ``filtered``, ``end_markers`` (+ ``batches``: parse operator); ``applied``, ``flushes``,
+``values_flushed``, ``flush_errors``, ``periods_evicted``, ``late_at_tiler`` (never expected), the distribution
+``flush_latency_us`` (+ ``batches``, ``compactions``, ``replayed``: tile operator); counters reach Flink
 at most once a second (a Flink counter call per event cost more than parsing the event). With
 ``--metrics-dir`` each operator also writes its counters as JSON there (every second and at the end).
 """
@@ -86,11 +106,13 @@ KEY_TIMER_GRANULARITY_MS = 1000
 #: Batch path: a bucket's state is compacted (key values put, pending batches removed) once it holds this many
 #: pending rows, at its next batch or timer after a flush. Bounds the rows a restore replays per bucket.
 COMPACT_BUCKET_ROWS = 512
-#: Batch path defaults: the processing-time window (ms) that collects records into one Python call, and the
-#: number of hash buckets of the keys (keyed state and Python calls are per bucket; fixed for a checkpoint's life).
+#: Batch path defaults: how long (ms) a batch collects records after its first one, its size cap, and the number
+#: of hash buckets of the keys (keyed state and tile-operator calls are per bucket: a batch costs one call per
+#: bucket it touches, so at parallelism 1 one bucket is cheapest - 8 buckets cost ~40 % more tile-thread CPU at
+#: 5-record batches; more buckets only matter to spread keys over parallel subtasks). Fixed for a checkpoint's life.
 BATCH_MS = 5
 BATCH_MAX_RECORDS = 1000
-BUCKETS = 8
+BUCKETS = 1
 _KEY_SEP = "\x1f"
 
 

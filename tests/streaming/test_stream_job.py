@@ -283,7 +283,12 @@ def test_kill_and_restore_from_checkpoint(
     # Unbounded job (a bounded KafkaSource restored from a checkpoint did not stop at its end on tansu).
     replay(pa.Table.from_pylist(events), topic, kafka_broker, arrival_time="arrival_ts")
     log = tmp_path / "job.log"
-    cmd = job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path, bounded=False)
+    # Three hash buckets of keys (the default is one): several buckets' pending batches restored and replayed.
+    cmd = [
+        *job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path, bounded=False),
+        "--buckets",
+        "3",
+    ]
     proc = start_job(cmd, log)
     # Kill -9 once a good part of the stream is applied and a checkpoint is complete.
     deadline = time.monotonic() + 90
@@ -327,5 +332,6 @@ def test_kill_and_restore_from_checkpoint(
         assert compared > 1000
         after = metrics(tmp_path)
         assert after["flush_errors"] == 0 and after["late_at_tiler"] == 0
+        assert after["replayed"] > 0  # rows of pending batches in the checkpoint were applied again
     finally:
         kill_group(proc)
