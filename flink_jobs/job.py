@@ -20,7 +20,8 @@ Per source topic of the chosen GroupBys::
       as one pending batch; changed periods are encoded (once per flush, however many events a key had) and
       written to memcached as idempotent full-IR upserts by one operator-wide flush every ``--flush-interval-ms``
       (checked per element, plus one pending processing-time timer for an idle stream; 0 = after every element;
-      under load the interval stretches to FLUSH_COST_SHARE x the last flush's duration) and before an eviction.
+      under load the interval stretches to FLUSH_COST_SHARE x the flush duration, smoothed over recent flushes
+      with FLUSH_COST_SMOOTHING) and before an eviction.
       Periods past retention are dropped when the *carried* watermark passes them (a bucket checks at its
       batches and timers, at most once per EVICT_GRANULARITY_MS of event time): the smallest over the sources of
       the first watermark of their last batch, a watermark every later record was checked against at least -
