@@ -1300,9 +1300,11 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         keyed = merged.key_by(lambda r: r[0], key_type=Types.INT())
     else:
         keyed = merged.key_by(lambda r: r[1], key_type=Types.STRING())
+    # The two paths' tile operators keep different state: distinct uids, so that restoring one path's checkpoint
+    # into the other fails (unclaimed state) instead of starting from empty tiles at restored offsets.
     (
         keyed.process(TileFunction(plan_json, [gb.name for gb in gbs], tile_settings))
-        .uid("tiles")
+        .uid("bucket-tiles" if batched else "tiles")
         .name("tiles")
     )
     return env

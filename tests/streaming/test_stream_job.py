@@ -207,13 +207,16 @@ def late_event_ids(kafka_broker: str, plan: Plan) -> set[int]:
     return {json.loads(v)["event_id"] for v in read_topic(kafka_broker, src.late_topic)}
 
 
+@pytest.mark.parametrize("batch_ms", [5, 0], ids=["batches", "per-element"])
 def test_stream_equals_reference_with_bad_and_late_data(
     tmp_path: Path,
     kafka_broker: str,
     flink_python: Path,
     unique_topic: Callable[[str], str],
     memcached: list[str],
+    batch_ms: int,
 ) -> None:
+    """Both paths of the job (micro-batches, the default; one record per Python call, kept for parallelism > 1)."""
     plan, plan_file, events, topic = prepare(
         tmp_path, kafka_broker, unique_topic, days=1, per_day=2_500, partitions=1
     )
@@ -240,7 +243,12 @@ def test_stream_equals_reference_with_bad_and_late_data(
     )
     assert sent.events == len(events) + len(very_late)
     log = tmp_path / "job.log"
-    proc = start_job(job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path), log)
+    cmd = [
+        *job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path),
+        "--batch-ms",
+        str(batch_ms),
+    ]
+    proc = start_job(cmd, log)
     wait_job(proc, log, 110)
 
     m = metrics(tmp_path)
