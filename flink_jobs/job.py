@@ -38,7 +38,8 @@ rebuilt on first touch (batch or restored timer) by replaying its pending batche
 is read from state when first needed), which marks them dirty so they are flushed again (idempotent).
 Compaction only follows a flush, so a compacted value has reached memcached before the checkpoint that holds it.
 Memcached may be ahead of the restored checkpoint; the replayed Kafka records recompute the same values.
-``--buckets`` must stay the same across a restore (state is keyed by bucket). With ``--parallelism`` > 1 the job
+``--buckets`` must stay the same across a restore (state is keyed by bucket; each bucket keeps the count, and a
+restore with another fails at the bucket's first touch). With ``--parallelism`` > 1 the job
 takes the per-element path (the carried watermark is defined per source subtask; not built for several yet).
 
 The per-element path (``--batch-ms 0``): ParseFunction per record (late check against the operator's current
@@ -116,6 +117,9 @@ COMPACT_BUCKET_ROWS = 512
 BATCH_MS = 5
 BATCH_MAX_RECORDS = 1000
 BUCKETS = 1
+#: Batch path: the bucket count, kept in every bucket's key values (a Flink key starts with a digit: no clash), so
+#: that a restore with another ``--buckets`` fails instead of rebuilding keys from nothing.
+BUCKETS_STATE_KEY = "#buckets"
 _KEY_SEP = "\x1f"
 
 
@@ -861,6 +865,7 @@ def _batch_functions() -> tuple[Any, Any]:
             self.compact_rows = int(s.get("compact_rows", COMPACT_BUCKET_ROWS))
             self.flush_cost_ms = 0.0  # smoothed duration of a flush (FLUSH_COST_SMOOTHING)
             self.upstreams = int(s.get("upstreams", 1))
+            self.n_buckets = int(s.get("buckets", BUCKETS))
             self.store = MemcachedStore(
                 s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
             )
@@ -912,8 +917,17 @@ def _batch_functions() -> tuple[Any, Any]:
             """The bucket's tiles (current key = ``b``); the first touch since open() replays its batches."""
             bt = self.buckets.get(b)
             if bt is None:
-                bt = self.buckets[b] = BucketTiles(self.codecs, self.retention)
                 self.fresh[b] = self.values.is_empty()
+                if not self.fresh[b]:
+                    held = self.values.get(BUCKETS_STATE_KEY)
+                    if held is not None and int(held) != self.n_buckets:
+                        # Keys would sit in the wrong buckets: their values would be rebuilt from nothing.
+                        raise ValueError(
+                            f"the checkpoint was taken with --buckets {held}, not {self.n_buckets}: restore with"
+                            f" --buckets {held}, or start fresh"
+                        )
+                self.values.put(BUCKETS_STATE_KEY, str(self.n_buckets))
+                bt = self.buckets[b] = BucketTiles(self.codecs, self.retention)
                 n = bt.replay(
                     [(k, v.encode("latin-1")) for k, v in self.pending.items()],
                     None if self.fresh[b] else self._load_key,
@@ -1295,6 +1309,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "flush_cost_share": settings.flush_cost_share,
         "metrics_dir": metrics_dir,
         "upstreams": len(by_topic),
+        "buckets": settings.buckets,
     }
     if batched:
         keyed = merged.key_by(lambda r: r[0], key_type=Types.INT())
