@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from pathlib import Path
@@ -371,6 +370,7 @@ def serve_app() -> Any:
     from serving.api import create_app
     from serving.feature_log import FeatureLogger
     from serving.fetcher import Fetcher
+    from serving.gcpolicy import quiet_full_collections
     from serving.rules import Rules
     from serving.scoring import Decider
     from tessera.stores import open_bulk, open_stream
@@ -404,11 +404,9 @@ def serve_app() -> Any:
     )
     if logger is not None:  # write what is queued before the process exits
         api.router.on_shutdown.append(logger.close)
-    # What exists now (plan, model, app, modules: ~400 k objects) lives as long as the process: moved out of the
-    # garbage collector's generations, so a full collection no longer walks it (~0.25 s per collection, measured,
-    # paid by whichever requests were waiting).
-    gc.collect()
-    gc.freeze()
+    # What exists now lives as long as the process: frozen; full collections from a timer, not whenever the old
+    # generation grew by a quarter (each one paused the worker ~0.1-0.25 s: serving/gcpolicy.py).
+    quiet_full_collections(float(os.environ.get("TESSERA_API_FULL_GC_S") or 600))
     return api
 
 

@@ -14,6 +14,7 @@ Every variable has a default that works on one machine (loopback services, embed
 | ``TESSERA_CHECKPOINT_DIR`` | ``<data dir>/checkpoints`` | Flink checkpoints (``file://`` or a cluster's URI) |
 | ``TESSERA_API_HOST`` / ``TESSERA_API_PORT`` | ``127.0.0.1`` / ``8000`` | where the HTTP API listens |
 | ``TESSERA_API_TOKEN`` | unset | when set, the API requires ``Authorization: Bearer <token>`` |
+| ``TESSERA_API_FULL_GC_S`` | ``600`` | ``tessera serve``: seconds between the garbage collector's full collections (0: Python's own schedule) |
 | ``TESSERA_API_OTEL`` | unset | ``1``: FastAPI's OpenTelemetry spans and metrics for ``tessera serve`` (global providers) |
 | ``TESSERA_MODEL_DIR`` | ``<data dir>/model`` | the fraud model (xgboost JSON + feature order + thresholds) |
 | ``TESSERA_SPARK_MASTER`` | ``local[2]`` | Spark master URL; a cluster's (``spark://…``) makes ``nightly`` and

@@ -1,0 +1,49 @@
+"""serving.gcpolicy: start-up objects frozen, no automatic full collection, one from the timer instead."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+from serving.gcpolicy import quiet_full_collections
+
+
+def test_full_collections_come_from_the_timer_only() -> None:
+    before = gc.get_threshold()
+    full: list[float] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(time.monotonic())
+
+    timer = quiet_full_collections(0.3)
+    assert timer is not None
+    try:
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > 10**6
+        gc.callbacks.append(seen)
+        try:
+            garbage = []
+            for _ in range(200_000):  # many young collections, and far more than a quarter more old objects
+                a: list[object] = []
+                a.append(a)
+                garbage.append([a])
+            deadline = time.monotonic() + 5
+            while timer.runs == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            timer.stop()  # (joins the timer: no collection of its own is under way when counting)
+        finally:
+            gc.callbacks.remove(seen)
+        assert timer.runs >= 1 and len(full) == timer.runs  # every full collection was the timer's
+    finally:
+        timer.stop()
+        gc.unfreeze()
+    assert gc.get_threshold() == before
+
+
+def test_zero_keeps_pythons_schedule() -> None:
+    before = gc.get_threshold()
+    try:
+        assert quiet_full_collections(0) is None and gc.get_threshold() == before
+    finally:
+        gc.unfreeze()
