@@ -14,7 +14,9 @@ it). Then:
    ``--max-requests`` requests per stage, each with a ``--timeout-s`` deadline. At most ``--max-inflight``
    requests wait for an answer at once (one connection each); a request due while the cap is reached is *shed*
    (counted, not sent), so an overloaded server cannot make the client queue without bound. Latency is measured
-   from the scheduled time (so client lag counts), and also from the actual send.
+   from the scheduled time (so client lag counts), and also from the actual send. Before an endpoint's stages,
+   a warm-up sends every request entity once at 100/s (the stages measure a warm server). During a stage the
+   client's garbage collector makes no full collection (what exists is frozen), so the client does not stall.
 
 The client (``--client``): ``raw`` (default), a minimal HTTP/1.1 keep-alive client on asyncio streams with
 bodies encoded once, or ``httpx`` (what earlier runs used; its per-request CPU made the client, sharing the 2
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -425,6 +428,14 @@ async def _one_client_stage(
     share: tuple[int, int],
 ) -> Stage:
     client = _client(kind, port, max_inflight)
+    # The client's own garbage collections must not stall the schedule: this process holds the generated world
+    # (hundreds of thousands of objects), and a full collection of it stopped the client for ~85 ms (the "max
+    # client lag" column), which every request in flight then counted as latency. What exists is frozen for
+    # the stage, and full collections wait until it ends.
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)
     try:
         for body in bodies[:4]:  # open a few connections before the schedule starts
             with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError, httpx.HTTPError):
@@ -432,6 +443,8 @@ async def _one_client_stage(
         return await run_stage(client, path, bodies, rate, n, start_wall, timeout_s, max_inflight, share)
     finally:
         await client.close()
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def _child_stage(q: Any, *args: Any) -> None:
@@ -529,7 +542,10 @@ def drive(
     paths = {"features": f"/v1/features/{JOIN}", "decide": "/v1/decide"}
     stages: list[Stage] = []
     for path in (paths[e] for e in endpoints):
-        stage(client, 1, port, server_pid, path, bodies, 50, 2.0, 100, timeout_s, max_inflight)  # warm-up
+        # Warm-up: every request entity once (at 100/s), so the stages measure a warm server; a cold one's first
+        # second at 1,000/s is its caches filling (each entity's batch values and period values read and decoded).
+        n_warm = len(bodies)
+        stage(client, 1, port, server_pid, path, bodies, 100, n_warm / 100, n_warm, timeout_s, max_inflight)
         for rate in rates:
             st = stage(
                 client,
