@@ -328,6 +328,24 @@ class _Metrics:
             os.replace(tmp, self.path)
 
 
+def _put_values(store: Any, metrics: _Metrics, latency: Any, dataset: str, items: dict[bytes, bytes]) -> None:
+    """One dataset's values of a flush to the stream store (idempotent full-IR upserts): tried 5 times, then the
+    job fails, restarts from its checkpoint and writes them again. Counts flushes, values and errors."""
+    t0 = time.perf_counter()
+    for attempt in range(5):
+        try:
+            store.multi_put(dataset, items)
+            break
+        except Exception:
+            metrics.inc("flush_errors")
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    latency.update(int((time.perf_counter() - t0) * 1e6))
+    metrics.inc("flushes")
+    metrics.inc("values_flushed", len(items))
+
+
 def _start_profile() -> Any:
     """Development aid: with ``TESSERA_PROFILE=PREFIX`` set, a cProfile of the calling operator's thread, timed
     in that thread's CPU time (in thread mode every operator shares one interpreter: wall time would count the
@@ -712,19 +730,7 @@ def _functions() -> tuple[Any, Any]:
             self.next_flush = now + max(self.flush_ms, int(cost_ms * self.flush_cost_share))
 
         def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
-            t0 = time.perf_counter()
-            for attempt in range(5):
-                try:
-                    self.store.multi_put(dataset, items)
-                    break
-                except Exception:
-                    self.m.inc("flush_errors")
-                    if attempt == 4:
-                        raise  # fail the job: it restarts from the checkpoint and rewrites (idempotent)
-                    time.sleep(0.05 * (attempt + 1))
-            self.latency.update(int((time.perf_counter() - t0) * 1e6))
-            self.m.inc("flushes")
-            self.m.inc("values_flushed", len(items))
+            _put_values(self.store, self.m, self.latency, dataset, items)
 
         def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
             from pyflink.datastream import TimeDomain
@@ -1052,19 +1058,7 @@ def _batch_functions() -> tuple[Any, Any]:
             self.next_flush = now + max(self.flush_ms, int(self.flush_cost_ms * self.flush_cost_share))
 
         def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
-            t0 = time.perf_counter()
-            for attempt in range(5):
-                try:
-                    self.store.multi_put(dataset, items)
-                    break
-                except Exception:
-                    self.m.inc("flush_errors")
-                    if attempt == 4:
-                        raise  # fail the job: it restarts from the checkpoint and rewrites (idempotent)
-                    time.sleep(0.05 * (attempt + 1))
-            self.latency.update(int((time.perf_counter() - t0) * 1e6))
-            self.m.inc("flushes")
-            self.m.inc("values_flushed", len(items))
+            _put_values(self.store, self.m, self.latency, dataset, items)
 
         def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
             b = ctx.get_current_key()
