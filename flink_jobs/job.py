@@ -328,6 +328,24 @@ class _Metrics:
             os.replace(tmp, self.path)
 
 
+def _tile_operator_setup(op: Any, store_class: Any) -> None:
+    """What both tile operators (per key, per bucket) set up alike from ``op.plan_json``, ``op.names`` and
+    ``op.settings``: per GroupBy its plan, codec, retention, key layout, dataset and lateness; the one
+    operator-wide flush interval (the shortest any GroupBy asks for) and cost share; the memcached store."""
+    plan = Plan.from_json(op.plan_json)
+    s = op.settings
+    op.gbs = [plan.group_by(n) for n in op.names]
+    op.codecs = [StateCodec(gb) for gb in op.gbs]
+    op.retention = [retention_of(gb) for gb in op.gbs]
+    op.layouts = [KeyLayout(gb.stream.dataset, gb.semantic_hash) for gb in op.gbs]
+    op.datasets = [gb.stream.dataset for gb in op.gbs]
+    op.lateness = [gb.source.allowed_lateness_ms for gb in op.gbs]
+    fi = s["flush_interval_ms"]
+    op.flush_ms = max(0, min(gb.stream.flush_interval_ms if fi is None else fi for gb in op.gbs))
+    op.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
+    op.store = store_class(s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5)
+
+
 def _put_values(store: Any, metrics: _Metrics, latency: Any, dataset: str, items: dict[bytes, bytes]) -> None:
     """One dataset's values of a flush to the stream store (idempotent full-IR upserts): tried 5 times, then the
     job fails, restarts from its checkpoint and writes them again. Counts flushes, values and errors."""
@@ -572,22 +590,8 @@ def _functions() -> tuple[Any, Any]:
         def open(self, runtime_context: RuntimeContext) -> None:
             from kvstore.memcached import MemcachedStore
 
-            plan = Plan.from_json(self.plan_json)
             s = self.settings
-            self.gbs = [plan.group_by(n) for n in self.names]
-            self.codecs = [StateCodec(gb) for gb in self.gbs]
-            self.retention = [retention_of(gb) for gb in self.gbs]
-            self.layouts = [KeyLayout(gb.stream.dataset, gb.semantic_hash) for gb in self.gbs]  # type: ignore[union-attr]
-            self.datasets = [gb.stream.dataset for gb in self.gbs]  # type: ignore[union-attr]
-            self.lateness = [gb.source.allowed_lateness_ms for gb in self.gbs]
-            fi = s["flush_interval_ms"]
-            flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
-            # One operator-wide flush interval: the shortest any GroupBy asks for.
-            self.flush_ms = max(0, min(flush_ms))
-            self.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
-            self.store = MemcachedStore(
-                s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
-            )
+            _tile_operator_setup(self, MemcachedStore)
             # Values are bytes held as latin-1 strings: a byte array crosses into the JVM one element at a time
             # (PyFlink's converter), a string in one call (thread mode: ~30x cheaper per put for period values).
             self.state = runtime_context.get_map_state(
@@ -855,26 +859,13 @@ def _batch_functions() -> tuple[Any, Any]:
         def open(self, runtime_context: RuntimeContext) -> None:
             from kvstore.memcached import MemcachedStore
 
-            plan = Plan.from_json(self.plan_json)
             s = self.settings
-            self.gbs = [plan.group_by(n) for n in self.names]
-            self.codecs = [StateCodec(gb) for gb in self.gbs]
-            self.retention = [retention_of(gb) for gb in self.gbs]
-            self.layouts = [KeyLayout(gb.stream.dataset, gb.semantic_hash) for gb in self.gbs]  # type: ignore[union-attr]
-            self.datasets = [gb.stream.dataset for gb in self.gbs]  # type: ignore[union-attr]
-            self.lateness = [gb.source.allowed_lateness_ms for gb in self.gbs]
+            _tile_operator_setup(self, MemcachedStore)
             self.time_cols = [c.time_col for c in self.codecs]
-            fi = s["flush_interval_ms"]
-            flush_ms = [gb.stream.flush_interval_ms if fi is None else fi for gb in self.gbs]  # type: ignore[union-attr]
-            self.flush_ms = max(0, min(flush_ms))
-            self.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
             self.compact_rows = int(s.get("compact_rows", COMPACT_BUCKET_ROWS))
             self.flush_cost_ms = 0.0  # smoothed duration of a flush (FLUSH_COST_SMOOTHING)
             self.upstreams = int(s.get("upstreams", 1))
             self.n_buckets = int(s.get("buckets", BUCKETS))
-            self.store = MemcachedStore(
-                s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5
-            )
             # Strings (latin-1) rather than byte arrays: one JVM call per value (see TileFunction).
             self.values = runtime_context.get_map_state(
                 MapStateDescriptor("key-values", Types.STRING(), Types.STRING())
