@@ -400,7 +400,8 @@ def batch_record(ts_ms: int | None, watermark_ms: int | None, value: str | None)
 class BatchParser:
     """Per micro-batch of raw records: validation, late check, row logic, grouping by hash bucket of the key.
 
-    The same rules as the per-element ParseFunction, one record at a time, in order: a record is late if its
+    The rules are :meth:`route`, one record at a time, in order (the per-element ParseFunction calls it per
+    record with Flink's watermark): a record is late if its
     event time is behind *the watermark the source had emitted when this record passed it* (carried in the
     record, so exactly the per-partition watermark the per-element path reads), minus the allowed lateness.
     :meth:`parse` returns ``{bucket: [(GroupBy index, key, row), ...]}``, the dead-letter and late messages, and
@@ -427,64 +428,75 @@ class BatchParser:
             {"reason": reason, "topic": self.topic, "record_ts": ts, "value": raw}, separators=(",", ":")
         )
 
+    def route(
+        self,
+        raw: str | None,
+        ts: int | None,
+        wm: int | None,
+        rows: list[tuple[int, str, dict[str, Any]]],
+        dead: list[str],
+        late: list[str],
+    ) -> None:
+        """One record by the rules, both paths' (record timestamp ``ts``, the source's watermark ``wm`` when it
+        passed): its ``(GroupBy index, key, row)`` per GroupBy appended to ``rows``, or its dead-letter message
+        to ``dead``, or the record to ``late``; counted in :attr:`counts`."""
+        counts = self.counts
+        status, event = self.parser.parse(raw)
+        if status == "marker":
+            counts["end_markers"] += 1
+            return
+        counts["events_in"] += 1
+        if status == "bad":
+            dead.append(self._dead(raw, event, ts))
+            return
+        if is_late(event[self.time_column], wm, self.lateness):
+            counts["late"] += 1
+            late.append(raw)  # type: ignore[arg-type]
+            return
+        for gi, gb, fn in self.fns:
+            try:
+                row = fn(event)
+            except Exception as e:  # a value the row logic cannot take: dead-letter, keep running
+                dead.append(self._dead(raw, f"row logic of {gb.name} failed: {e!r}", ts))
+                break
+            if row is None:
+                counts["filtered"] += 1
+                continue
+            entity = entity_of(gb, row)
+            if entity is None:
+                counts["filtered"] += 1
+                continue
+            counts["events_out"] += 1
+            rows.append((gi, flink_key(gi, entity), row))
+
     def parse(
         self, records: Sequence[str]
     ) -> tuple[dict[int, list[tuple[int, str, dict[str, Any]]]], list[str], list[str], int | None]:
-        out: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+        rows: list[tuple[int, str, dict[str, Any]]] = []
         dead: list[str] = []
         late: list[str] = []
-        counts = self.counts
-        parse = self.parser.parse
-        time_column, lateness, buckets = self.time_column, self.lateness, self.buckets
+        floor: int | None = None
+        route = self.route
+        for i, rec in enumerate(records):
+            ts_s, wm_s, v = rec.split(_REC_SEP, 2)
+            wm = int(wm_s) if wm_s else None
+            if i == 0:
+                floor = wm
+            route(v[1:] if v[:1] == "v" else None, int(ts_s) if ts_s else None, wm, rows, dead, late)
+        out: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+        buckets = self.buckets
         bucket_cache = self._bucket_of
         if len(bucket_cache) > 100_000:
             bucket_cache.clear()
-        wm: int | None = None
-        floor: int | None = None
-        first = True
-        for rec in records:
-            ts_s, wm_s, v = rec.split(_REC_SEP, 2)
-            wm = int(wm_s) if wm_s else None
-            if first:
-                floor = wm
-                first = False
-            raw = v[1:] if v[:1] == "v" else None
-            status, event = parse(raw)
-            if status == "marker":
-                counts["end_markers"] += 1
-                continue
-            counts["events_in"] += 1
-            if status == "bad":
-                dead.append(self._dead(raw, event, int(ts_s) if ts_s else None))
-                continue
-            if wm is not None and event[time_column] < wm - lateness:
-                counts["late"] += 1
-                late.append(raw)  # type: ignore[arg-type]
-                continue
-            for gi, gb, fn in self.fns:
-                try:
-                    row = fn(event)
-                except Exception as e:  # a value the row logic cannot take: dead-letter, keep running
-                    dead.append(
-                        self._dead(raw, f"row logic of {gb.name} failed: {e!r}", int(ts_s) if ts_s else None)
-                    )
-                    break
-                if row is None:
-                    counts["filtered"] += 1
-                    continue
-                entity = entity_of(gb, row)
-                if entity is None:
-                    counts["filtered"] += 1
-                    continue
-                counts["events_out"] += 1
-                key = flink_key(gi, entity)
-                b = bucket_cache.get(key)
-                if b is None:
-                    b = bucket_cache[key] = bucket_of(key, buckets)
-                rows = out.get(b)
-                if rows is None:
-                    rows = out[b] = []
-                rows.append((gi, key, row))
+        for row in rows:
+            key = row[1]
+            b = bucket_cache.get(key)
+            if b is None:
+                b = bucket_cache[key] = bucket_of(key, buckets)
+            got = out.get(b)
+            if got is None:
+                got = out[b] = []
+            got.append(row)
         return out, dead, late, floor
 
 
@@ -517,66 +529,34 @@ def _functions() -> tuple[Any, Any]:
 
         def open(self, runtime_context: RuntimeContext) -> None:
             plan = Plan.from_json(self.plan_json)
-            self.gbs = [plan.group_by(n) for n in self.names]
-            src = self.gbs[0].source
-            self.schema = dict(src.schema)
-            self.time_column = src.time_column
-            self.parser = EventParser(self.schema, self.time_column)
-            self.lateness = src.allowed_lateness_ms
-            self.topic = src.topic
-            self.row_fns = [row_function(gb) for gb in self.gbs]
+            gbs = [plan.group_by(n) for n in self.names]
+            self.rules = BatchParser(
+                gbs, self.indexes, 1
+            )  # its per-record rules (route), one record per call
+            self.topic = gbs[0].source.topic
             self.m = _Metrics(
-                runtime_context,
-                f"parse-{self.topic}",
-                ["events_in", "events_out", "late", "dead_lettered", "filtered", "end_markers"],
-                self.metrics_dir,
+                runtime_context, f"parse-{self.topic}", list(self.rules.counts), self.metrics_dir
             )
+            self.m.values = self.rules.counts  # the rules count into the metrics directly
             self._profile = _start_profile()
 
         def close(self) -> None:
             _stop_profile(self._profile, f"parse-{self.topic}")
             self.m.maybe_write(force=True)
 
-        def _dead(self, raw: str | None, reason: str, ts: int | None) -> tuple[Any, str]:
-            self.m.inc("dead_lettered")
-            return self.dlq_tag, json.dumps(
-                {"reason": reason, "topic": self.topic, "record_ts": ts, "value": raw}, separators=(",", ":")
-            )
-
         def process_element(self, raw: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-            m = self.m
-            status, event = self.parser.parse(raw)
-            if status == "marker":
-                m.inc("end_markers")
-                m.maybe_write(force=True)
-                return
-            m.inc("events_in")
-            if status == "bad":
-                yield self._dead(raw, event, ctx.timestamp())
-                m.maybe_write()
-                return
+            markers = self.rules.counts["end_markers"]
+            rows: list[tuple[int, str, dict[str, Any]]] = []
+            dead: list[str] = []
+            late: list[str] = []
             wm = ctx.timer_service().current_watermark()
-            if is_late(event[self.time_column], wm if wm > LONG_MIN else None, self.lateness):
-                m.inc("late")
-                yield self.late_tag, raw
-                m.maybe_write()
-                return
-            for gi, gb, fn in zip(self.indexes, self.gbs, self.row_fns):
-                try:
-                    row = fn(event)
-                except Exception as e:  # a value the row logic cannot take: dead-letter, keep running
-                    yield self._dead(raw, f"row logic of {gb.name} failed: {e!r}", ctx.timestamp())
-                    break
-                if row is None:
-                    m.inc("filtered")
-                    continue
-                entity = entity_of(gb, row)
-                if entity is None:
-                    m.inc("filtered")
-                    continue
-                m.inc("events_out")
-                yield gi, flink_key(gi, entity), row
-            m.maybe_write()
+            self.rules.route(raw, ctx.timestamp(), wm if wm > LONG_MIN else None, rows, dead, late)
+            for d in dead:
+                yield self.dlq_tag, d
+            for r in late:
+                yield self.late_tag, r
+            yield from rows
+            self.m.maybe_write(force=self.rules.counts["end_markers"] > markers)
 
     class TileFunction(KeyedProcessFunction):
         """Per (GroupBy, entity): decoded tiles in memory (:class:`KeyTiles`); keyed state holds period values
