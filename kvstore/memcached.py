@@ -217,9 +217,7 @@ class MemcachedStore(ClosedMixin, KVStore):
         self._item_size_max = item_size_max
         self._ring = HashRing([f"{h}:{p}" for h, p in addrs])
         self._node_of_token: dict[bytes, int] = {}
-        self._placed: dict[
-            tuple[str, bytes], tuple[int, bytes]
-        ] = {}  # (dataset, key) → (node, memcached key)
+        self._placed: dict[tuple[str, bytes], tuple[int, bytes]] = {}  # see _place
 
         def client(h: str, p: int, timeout: float) -> PooledClient:
             return PooledClient(
@@ -271,11 +269,22 @@ class MemcachedStore(ClosedMixin, KVStore):
             i = self._node_of_token[token] = self._ring.node_for(token)
         return i
 
+    def _place(self, dataset: str, key: bytes) -> tuple[int, bytes]:
+        """(node index, memcached key) of ``key`` in ``dataset``, remembered (reads ask for the same keys again
+        and again)."""
+        at = self._placed.get((dataset, key))
+        if at is None:
+            if len(self._placed) >= _MEMO_SIZE:
+                self._placed.clear()
+            at = self._placed[(dataset, key)] = (self._node_index(key), self.memcached_key(dataset, key))
+        return at
+
     def _group(self, dataset: str, keys: Sequence[bytes]) -> dict[int, dict[bytes, bytes]]:
         """Node index → {memcached key: key}."""
         groups: dict[int, dict[bytes, bytes]] = defaultdict(dict)
         for k in keys:
-            groups[self._node_index(k)][self.memcached_key(dataset, k)] = k
+            i, mk = self._place(dataset, k)
+            groups[i][mk] = k
         return groups
 
     # -- node calls with dead-node handling ----------------------------------------------------------------
@@ -460,14 +469,9 @@ class MemcachedStore(ClosedMixin, KVStore):
         for dataset, keys in requests.items():
             check_name("dataset", dataset)
             check_keys(keys)
-            placed = self._placed
             for k in keys:
-                at = placed.get((dataset, k))
-                if at is None:  # (a fetch asks for the same keys again and again: placed once)
-                    if len(placed) >= _MEMO_SIZE:
-                        placed.clear()
-                    at = placed[(dataset, k)] = (self._node_index(k), self.memcached_key(dataset, k))
-                groups[at[0]][at[1]] = (dataset, k)
+                i, mk = self._place(dataset, k)
+                groups[i][mk] = (dataset, k)
         values: dict[str, dict[bytes, bytes]] = {dataset: {} for dataset in requests}
         unavailable: dict[str, set[bytes]] = defaultdict(set)
         for i, got in self._read_nodes({i: list(g) for i, g in groups.items()}).items():

@@ -188,16 +188,13 @@ def _getter(slots: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
 class _JoinRuntime:
     def __init__(self, join: JoinPlan, gbs: Mapping[str, _GroupByRuntime]) -> None:
         self.join = join
-        # Per part: (output column, slot of the feature in its GroupBy's feature order).
-        self.outs: list[list[tuple[str, int]]] = []
+        # Per part: its output columns, and a getter of their values from the GroupBy's (one C call).
+        self.out_names: list[tuple[str, ...]] = []
+        self.out_values: list[Callable[[list[Any]], tuple[Any, ...]]] = []
         for part in join.parts:
             slot = {name: i for i, name in enumerate(gbs[part.group_by].program.names)}
-            self.outs.append([(out, slot[feature]) for out, feature in part.features.items()])
-        # Per part: its output columns, and a getter of their values from the GroupBy's (one C call).
-        self.out_names: list[tuple[str, ...]] = [tuple(name for name, _ in outs) for outs in self.outs]
-        self.out_values: list[Callable[[list[Any]], tuple[Any, ...]]] = [
-            _getter([i for _, i in outs]) for outs in self.outs
-        ]
+            self.out_names.append(tuple(part.features))
+            self.out_values.append(_getter([slot[feature] for feature in part.features.values()]))
         self.derivations: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = []
         for d in join.derivations:
             schema = {}
