@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import multiprocessing
 import os
@@ -62,6 +61,7 @@ from kvstore.embedded import EmbeddedBulkStore
 from kvstore.memcached import MemcachedStore
 from kvstore.services import free_port, start_memcached_cluster
 from serving.fetcher import Fetcher
+from serving.gcpolicy import no_full_collections
 from serving.loader import project, write_batch, write_stream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,21 +430,15 @@ async def _one_client_stage(
     client = _client(kind, port, max_inflight)
     # The client's own garbage collections must not stall the schedule: this process holds the generated world
     # (hundreds of thousands of objects), and a full collection of it stopped the client for ~85 ms (the "max
-    # client lag" column), which every request in flight then counted as latency. What exists is frozen for
-    # the stage, and full collections wait until it ends.
-    gc.collect()
-    gc.freeze()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)
-    try:
-        for body in bodies[:4]:  # open a few connections before the schedule starts
-            with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError, httpx.HTTPError):
-                await client.post(path, body, timeout_s)
-        return await run_stage(client, path, bodies, rate, n, start_wall, timeout_s, max_inflight, share)
-    finally:
-        await client.close()
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+    # client lag" column), which every request in flight then counted as latency.
+    with no_full_collections():
+        try:
+            for body in bodies[:4]:  # open a few connections before the schedule starts
+                with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError, httpx.HTTPError):
+                    await client.post(path, body, timeout_s)
+            return await run_stage(client, path, bodies, rate, n, start_wall, timeout_s, max_inflight, share)
+        finally:
+            await client.close()
 
 
 def _child_stage(q: Any, *args: Any) -> None:

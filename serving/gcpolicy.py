@@ -14,8 +14,10 @@ minute's traffic does not notice.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
+from collections.abc import Iterator
 
 #: A gen-1 count no process reaches: Python starts no full collection by itself.
 _NEVER = 1 << 30
@@ -42,6 +44,21 @@ class FullCollections:
         self._stop.set()
         self._thread.join()
         gc.set_threshold(*self.thresholds)
+
+
+@contextlib.contextmanager
+def no_full_collections() -> Iterator[None]:
+    """For a stretch of work that must not pause (a load client's stage): what exists is frozen and Python starts
+    no full collection until the block ends; young collections go on. Everything is put back after."""
+    gc.collect()
+    gc.freeze()
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], _NEVER)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def quiet_full_collections(every_s: float) -> FullCollections | None:

@@ -47,3 +47,28 @@ def test_zero_keeps_pythons_schedule() -> None:
         assert quiet_full_collections(0) is None and gc.get_threshold() == before
     finally:
         gc.unfreeze()
+
+
+def test_no_full_collections_within_a_block_and_everything_put_back() -> None:
+    from serving.gcpolicy import no_full_collections
+
+    before = gc.get_threshold()
+    full = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(1)
+
+    with no_full_collections():
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[2] > 10**6
+        gc.callbacks.append(seen)
+        try:
+            keep = []
+            for _ in range(200_000):
+                a: list[object] = []
+                a.append(a)
+                keep.append([a])
+        finally:
+            gc.callbacks.remove(seen)
+    assert not full
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
