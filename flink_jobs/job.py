@@ -383,14 +383,14 @@ def _stop_profile(prof: Any, operator: str) -> None:
         prof.dump_stats(f"{os.environ['TESSERA_PROFILE']}.{operator}.prof")
 
 
-# ---- the batch path: records as the SQL micro-batch hands them over (pure) --------------------------------
+# ---- the batch path: records as the Java record batcher hands them over (pure) -----------------------------
 
 #: Separator of a batched record's fields (``<record ts>|<watermark>|<v value | n>``; written by ``tessera.flink.RecordBatcher``).
 _REC_SEP = "|"
 
 
 def batch_record(ts_ms: int | None, watermark_ms: int | None, value: str | None) -> str:
-    """A record spelled as the batching SQL spells it (for tests and tools): record timestamp, the source's
+    """A record spelled as RecordBatcher spells it (for tests and tools): record timestamp, the source's
     watermark when the record passed it (empty: none yet), ``v`` + value or ``n`` for a null value."""
     return f"{'' if ts_ms is None else ts_ms}|{'' if watermark_ms is None else watermark_ms}|" + (
         "n" if value is None else "v" + value
