@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.compile import compile_repo
+from features.gcpolicy import no_full_collections
 from features.plan import JoinPlan, Plan
 from features.reference import GroupByIndex, join_features
 from features.synthetic import generate
@@ -61,7 +62,6 @@ from kvstore.embedded import EmbeddedBulkStore
 from kvstore.memcached import MemcachedStore
 from kvstore.services import free_port, start_memcached_cluster
 from serving.fetcher import Fetcher
-from serving.gcpolicy import no_full_collections
 from serving.loader import project, write_batch, write_stream
 
 ROOT = Path(__file__).resolve().parents[1]

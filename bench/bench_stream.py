@@ -85,6 +85,8 @@ def job_args(args: argparse.Namespace) -> list[str]:
         out += ["--flush-interval-ms", str(args.flush_interval_ms)]
     if args.flush_cost_share is not None:
         out += ["--flush-cost-share", str(args.flush_cost_share)]
+    if args.full_gc_s is not None:
+        out += ["--full-gc-s", str(args.full_gc_s)]
     return out
 
 
@@ -368,6 +370,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"`{args.execution_mode}`, bundle size {args.bundle_size}, bundle time {args.bundle_time_ms} ms, buffer "
         f"timeout {args.buffer_timeout_ms} ms, flush interval {flush}"
         + ("" if args.flush_cost_share is None else f", flush cost share {args.flush_cost_share:g}")
+        + ("" if args.full_gc_s is None else f", full GC every {args.full_gc_s:g} s")
         + ", checkpoints off, 1 memcached node"
     )
 
@@ -423,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         "--throughput-flush-ms", type=int, default=None, help="flush interval of the throughput run"
     )
     p.add_argument("--flush-cost-share", type=float, default=None, help="the job's (default: its own)")
+    p.add_argument(
+        "--full-gc-s", type=float, default=None, help="the job's (default: its own; 0: Python's GC)"
+    )
     p.add_argument("--bundle-size", type=int, default=1000)
     p.add_argument("--bundle-time-ms", type=int, default=10)
     p.add_argument("--buffer-timeout-ms", type=int, default=5)

@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from features.gcpolicy import quiet_full_collections
 from features.plan import GroupByPlan, Plan
 from features.reference import row_function
 from features.tiles import StateCodec, tile_suffix
@@ -121,6 +122,9 @@ BUCKETS = 1
 #: that a restore with another ``--buckets`` fails instead of rebuilding keys from nothing.
 BUCKETS_STATE_KEY = "#buckets"
 _KEY_SEP = "\x1f"
+#: Seconds between the tile operator's full garbage collections (``--full-gc-s``; Python's automatic ones are off
+#: in that process, see features/gcpolicy.py; 0 = leave them on).
+FULL_GC_S = 600.0
 
 
 # ---- settings --------------------------------------------------------------------------------------------
@@ -139,6 +143,7 @@ class JobSettings:
     out_of_orderness_ms: int = 0
     flush_interval_ms: int | None = None  # None: the plan's
     flush_cost_share: float = FLUSH_COST_SHARE
+    full_gc_s: float = FULL_GC_S
     fetch_max_wait_ms: int = 10
     bundle_size: int = 1000
     bundle_time_ms: int = 10
@@ -344,6 +349,9 @@ def _tile_operator_setup(op: Any, store_class: Any) -> None:
     op.flush_ms = max(0, min(gb.stream.flush_interval_ms if fi is None else fi for gb in op.gbs))
     op.flush_cost_share = float(s.get("flush_cost_share", FLUSH_COST_SHARE))
     op.store = store_class(s["memcached"], ttl_s=s["ttl_s"], timeout_s=0.5, connect_timeout_s=0.5)
+    # The tiles are long-lived objects by the hundred thousand: Python's automatic full collections would walk them
+    # all, again and again as state grows (features/gcpolicy.py); one from a timer instead.
+    quiet_full_collections(float(s.get("full_gc_s", FULL_GC_S)))
 
 
 def _put_values(store: Any, metrics: _Metrics, latency: Any, dataset: str, items: dict[bytes, bytes]) -> None:
@@ -1272,6 +1280,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "ttl_s": settings.ttl_s,
         "flush_interval_ms": settings.flush_interval_ms,
         "flush_cost_share": settings.flush_cost_share,
+        "full_gc_s": settings.full_gc_s,
         "metrics_dir": metrics_dir,
         "upstreams": len(by_topic),
         "buckets": settings.buckets,
@@ -1317,6 +1326,12 @@ def _parser() -> argparse.ArgumentParser:
         default=FLUSH_COST_SHARE,
         help="under load, space flushes to this many times the last flush's duration (0: fixed interval)",
     )
+    p.add_argument(
+        "--full-gc-s",
+        type=float,
+        default=FULL_GC_S,
+        help="seconds between the tile operator's full garbage collections (0: Python's automatic ones)",
+    )
     p.add_argument("--fetch-max-wait-ms", type=int, default=10, help="Kafka consumer fetch.max.wait.ms")
     p.add_argument("--bundle-size", type=int, default=1000)
     p.add_argument("--bundle-time-ms", type=int, default=10)
@@ -1361,6 +1376,7 @@ def main(argv: list[str] | None = None) -> int:
         out_of_orderness_ms=args.out_of_orderness_ms,
         flush_interval_ms=args.flush_interval_ms,
         flush_cost_share=args.flush_cost_share,
+        full_gc_s=args.full_gc_s,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         bundle_size=args.bundle_size,
         bundle_time_ms=args.bundle_time_ms,

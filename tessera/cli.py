@@ -367,10 +367,10 @@ def serve_app() -> Any:
     """The API app of ``tessera serve`` (each worker process builds its own from the environment ``serve``
     set): the plan, the stores of ``Settings``, the rules and the model (inline when fast, see
     :class:`serving.scoring.Decider`)."""
+    from features.gcpolicy import quiet_full_collections
     from serving.api import create_app
     from serving.feature_log import FeatureLogger
     from serving.fetcher import Fetcher
-    from serving.gcpolicy import quiet_full_collections
     from serving.rules import Rules
     from serving.scoring import Decider
     from tessera.stores import open_bulk, open_stream
@@ -405,7 +405,7 @@ def serve_app() -> Any:
     if logger is not None:  # write what is queued before the process exits
         api.router.on_shutdown.append(logger.close)
     # What exists now lives as long as the process: frozen; full collections from a timer, not whenever the old
-    # generation grew by a quarter (each one paused the worker ~0.1-0.25 s: serving/gcpolicy.py).
+    # generation grew by a quarter (each one paused the worker ~0.1-0.25 s: features/gcpolicy.py).
     quiet_full_collections(float(os.environ.get("TESSERA_API_FULL_GC_S") or 600))
     return api
 

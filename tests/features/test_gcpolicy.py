@@ -1,11 +1,11 @@
-"""serving.gcpolicy: start-up objects frozen, no automatic full collection, one from the timer instead."""
+"""features.gcpolicy: start-up objects frozen, no automatic full collection, one from the timer instead."""
 
 from __future__ import annotations
 
 import gc
 import time
 
-from serving.gcpolicy import quiet_full_collections
+from features.gcpolicy import quiet_full_collections
 
 
 def test_full_collections_come_from_the_timer_only() -> None:
@@ -41,6 +41,25 @@ def test_full_collections_come_from_the_timer_only() -> None:
     assert gc.get_threshold() == before
 
 
+def test_one_timer_per_process() -> None:
+    """Operators sharing one interpreter (Flink's thread mode) each ask for the policy: one timer runs."""
+    first = quiet_full_collections(60)
+    try:
+        assert first is not None
+        assert quiet_full_collections(1) is first and first.every_s == 60
+    finally:
+        assert first is not None
+        first.stop()
+        gc.unfreeze()
+    again = quiet_full_collections(60)  # after stop(), a new one
+    try:
+        assert again is not None and again is not first
+    finally:
+        assert again is not None
+        again.stop()
+        gc.unfreeze()
+
+
 def test_zero_keeps_pythons_schedule() -> None:
     before = gc.get_threshold()
     try:
@@ -50,7 +69,7 @@ def test_zero_keeps_pythons_schedule() -> None:
 
 
 def test_no_full_collections_within_a_block_and_everything_put_back() -> None:
-    from serving.gcpolicy import no_full_collections
+    from features.gcpolicy import no_full_collections
 
     before = gc.get_threshold()
     full = []

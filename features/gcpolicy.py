@@ -1,6 +1,7 @@
-"""When the garbage collector may pause a serving process.
+"""When the garbage collector may pause a serving process or a stream job's tile operator.
 
-A serving process holds a few hundred thousand long-lived objects (plan, model, modules) and, once warm, its caches
+Both hold many long-lived objects, and Python's full collection walks every tracked one whenever the old generation
+has grown by a quarter. **Serving**: a serving process holds a few hundred thousand long-lived objects (plan, model, modules) and, once warm, its caches
 (decoded batch values, period values, merge memos). Python's full collection walks every tracked object: measured
 on the fraud_v1 API, ~0.1-0.25 s with the requests of that moment waiting, whenever the old generation has grown by a
 quarter - every ~25 s at 1,000 decisions/s as the caches turn over, which is the p99 at that rate.
@@ -10,6 +11,14 @@ young-generation collections as they are (they collect the per-request reference
 ~0.75 objects per decision of cyclic garbage, measured), and replaces the automatic full collections by one every
 ``every_s`` seconds from a timer, so the rare cycle that reaches the old generation is still freed, at a pause a
 minute's traffic does not notice.
+
+**Stream**: the tile operator's state is hundreds of thousands of small IR objects (lists, sketches) that keep growing
+as tiles open: measured in-process on the ``card`` GroupBy, automatic full collections took up to 0.64 s each and ~30 %
+of the fold's CPU (``bench/profile_stream.py``), paid in the middle of a flush. The same policy applies: the
+state lives in the old generation, which only the timer's collection walks.
+
+The policy is per process: a second call while a timer runs (in Flink's thread mode every Python operator shares one
+interpreter) keeps the running timer.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ class FullCollections:
         self.every_s = every_s
         self.thresholds = thresholds
         self.runs = 0
+        self.stopped = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tessera-full-gc", daemon=True)
         self._thread.start()
@@ -44,6 +54,7 @@ class FullCollections:
         self._stop.set()
         self._thread.join()
         gc.set_threshold(*self.thresholds)
+        self.stopped = True
 
 
 @contextlib.contextmanager
@@ -61,13 +72,21 @@ def no_full_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
+_running: FullCollections | None = None
+
+
 def quiet_full_collections(every_s: float) -> FullCollections | None:
     """Freeze what exists now; from then on, full collections only every ``every_s`` seconds (``<= 0``: leave
-    Python's automatic full collections on, and only freeze)."""
+    Python's automatic full collections on, and only freeze). If this process already has the timer (and it was not
+    stopped), that one is returned and nothing else changes."""
+    global _running
+    if _running is not None and not _running.stopped:
+        return _running
     gc.collect()
     gc.freeze()
     if every_s <= 0:
         return None
     before = gc.get_threshold()
     gc.set_threshold(before[0], before[1], _NEVER)
-    return FullCollections(every_s, before)
+    _running = FullCollections(every_s, before)
+    return _running

@@ -1,0 +1,100 @@
+"""CPU per event of the stream job's Python work, in-process and Flink-free (a development aid for bench_stream).
+
+    .venv/bin/python bench/profile_stream.py --group-by card --events 30000 [--profile]
+
+Runs what the batch path's two Python operators do with a backlog of synthetic payments, in the same
+proportions as a throughput run of ``bench/bench_stream.py`` (batches of ``--batch`` records; a flush every
+``--flush-every`` batches; compaction when the job would compact), and prints CPU µs per event per step:
+
+* ``parse``: :class:`flink_jobs.job.BatchParser` (JSON, validation, row logic, keys, hash buckets);
+* ``fold``: :meth:`flink_jobs.tiling.BucketTiles.apply` (the fold into IRs and the pending-batch bytes);
+* ``flush``: :meth:`~flink_jobs.tiling.BucketTiles.flush` (encoding every changed period value);
+* ``compact``: :meth:`~flink_jobs.tiling.BucketTiles.compact` (key values for state).
+
+Flink's own costs (state calls, the Java-Python bridge) and memcached writes are not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from features.compile import compile_repo  # noqa: E402
+from features.synthetic import generate  # noqa: E402
+from features.tiles import StateCodec  # noqa: E402
+from flink_jobs.job import COMPACT_BUCKET_ROWS, BatchParser, batch_record  # noqa: E402
+from flink_jobs.replay import encode_value  # noqa: E402
+from flink_jobs.tiling import BucketTiles, retention_of  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group-by", default="card")
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--batch", type=int, default=1000, help="records per batch (the job's default cap)")
+    ap.add_argument("--flush-every", type=int, default=4, help="batches between flushes")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="also a cProfile of one round (top 30 by tottime)")
+    a = ap.parse_args(argv)
+
+    plan = compile_repo(ROOT / "features" / "fraud")
+    gb = next(g for g in plan.group_bys if g.name == a.group_by or g.name.startswith(a.group_by))
+    days = max(1, a.events // 20_000)
+    ds = generate(seed=5, days=days, events_per_day=max(1, a.events // days), late_fraction=0.0)
+    table = ds.payments.slice(0, a.events)
+    ts_col = gb.source.time_column
+    records = [batch_record(int(r[ts_col]), None, encode_value(r).decode("utf-8")) for r in table.to_pylist()]
+    batches = [records[i : i + a.batch] for i in range(0, len(records), a.batch)]
+    print(
+        f"{gb.name}: {len(records)} events, {len(batches)} batches of {a.batch}, flush every {a.flush_every}"
+    )
+
+    def one_round() -> dict[str, float]:
+        parser = BatchParser([gb], [0], 1)
+        bt = BucketTiles([StateCodec(gb)], [retention_of(gb)])
+        spent = dict.fromkeys(["parse", "fold", "flush", "compact"], 0.0)
+        clock = time.process_time
+        for i, batch in enumerate(batches):
+            t0 = clock()
+            out, _, _, _ = parser.parse(batch)
+            t1 = clock()
+            for rows in out.values():
+                if bt.pending_rows >= COMPACT_BUCKET_ROWS and not bt.dirty:
+                    bt.compact()
+                bt.apply(rows)
+            t2 = clock()
+            spent["parse"] += t1 - t0
+            spent["fold"] += t2 - t1
+            if (i + 1) % a.flush_every == 0 or i == len(batches) - 1:
+                t3 = clock()
+                bt.flush()
+                spent["flush"] += clock() - t3
+                t4 = clock()
+                bt.compact()
+                spent["compact"] += clock() - t4
+        return {k: v / len(records) * 1e6 for k, v in spent.items()}
+
+    rounds = [one_round() for _ in range(a.rounds)]
+    print(
+        f"{'step':<10}" + "".join(f"{'round ' + str(i + 1):>10}" for i in range(len(rounds))) + f"{'min':>10}"
+    )
+    for step in [*rounds[0], "total"]:
+        vals = [sum(r.values()) if step == "total" else r[step] for r in rounds]
+        print(f"{step:<10}" + "".join(f"{v:>10.1f}" for v in vals) + f"{min(vals):>10.1f}")
+    print("(CPU µs per event)")
+    if a.profile:
+        prof = cProfile.Profile(time.process_time)
+        prof.runcall(one_round)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
