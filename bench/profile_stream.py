@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from features.compile import compile_repo  # noqa: E402
+from features.gcpolicy import quiet_full_collections  # noqa: E402
 from features.synthetic import generate  # noqa: E402
 from features.tiles import StateCodec  # noqa: E402
-from flink_jobs.job import COMPACT_BUCKET_ROWS, BatchParser, batch_record  # noqa: E402
+from flink_jobs.job import COMPACT_BUCKET_ROWS, FULL_GC_S, BatchParser, batch_record  # noqa: E402
 from flink_jobs.replay import encode_value  # noqa: E402
 from flink_jobs.tiling import BucketTiles, retention_of  # noqa: E402
 
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="records per batch (the job's default cap)")
     ap.add_argument("--flush-every", type=int, default=4, help="batches between flushes")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--python-gc", action="store_true", help="Python's automatic full collections (default: the job's policy)"
+    )
     ap.add_argument("--profile", action="store_true", help="also a cProfile of one round (top 30 by tottime)")
     a = ap.parse_args(argv)
 
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 spent["compact"] += clock() - t4
         return {k: v / len(records) * 1e6 for k, v in spent.items()}
 
+    if not a.python_gc:
+        quiet_full_collections(FULL_GC_S)  # as the job's tile operator does
     rounds = [one_round() for _ in range(a.rounds)]
     print(
         f"{'step':<10}" + "".join(f"{'round ' + str(i + 1):>10}" for i in range(len(rounds))) + f"{'min':>10}"
