@@ -361,14 +361,23 @@ def send_end_markers(producer: Any, topic: str, per_partition: Mapping[int, int]
     """One marker per partition of ``topic``, each alone in its batch (the producer is flushed first and after)."""
     producer.flush()
     partitions = sorted(producer.partitions_for(topic) or per_partition)
+    futures = []
     for p in partitions:
         value = json.dumps(
             {END_MARKER_FIELD: True, "partition": p, "events": int(per_partition.get(p, 0))},
             separators=(",", ":"),
         ).encode()
-        producer.send(topic, value=value, key=END_MARKER_KEY, partition=p, timestamp_ms=ts_ms)
+        futures.append(producer.send(topic, value=value, key=END_MARKER_KEY, partition=p, timestamp_ms=ts_ms))
     producer.flush()
+    _raise_failed(futures, "end markers")
     return len(partitions)
+
+
+def _raise_failed(futures: Sequence[Any], what: str) -> None:
+    """After a flush: raise if any of ``futures`` failed (nothing is dropped silently)."""
+    failed = [f.exception for f in futures if f.failed()]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(futures)} {what} failed to send; first: {failed[0]!r}")
 
 
 def inject_malformed(
@@ -390,11 +399,13 @@ def inject_malformed(
     sent: list[tuple[str, bytes | None]] = []
     prod = _producer(bootstrap, None, producer_config)
     try:
+        futures = []
         for n, kind in enumerate(kinds):
             value = malformed_message(kind, template, required, n)
-            prod.send(topic, value=value, key=k, timestamp_ms=ts_ms)
+            futures.append(prod.send(topic, value=value, key=k, timestamp_ms=ts_ms))
             sent.append((kind, value))
         prod.flush()
+        _raise_failed(futures, "malformed messages")
     finally:
         prod.close()
     return sent
