@@ -10,6 +10,15 @@ ListOffsets(latest) with the last batch's base offset + 1 (PLATFORM_NOTES), so a
 "latest" would otherwise drop the tail of the last batch; with a one-record final batch, "latest" is exact.
 Readers must skip markers (:func:`is_end_marker`); each marker carries how many events went to its partition.
 
+**Back-pressure.** kafka-python (3.x) has no bound on what ``send()`` queues: its accumulator takes every record at
+once, and each record's ``delivery_timeout_ms`` (120 s) runs from ``send()``. Its idempotent producer (the default)
+also keeps one batch in flight per partition, so a partition drains one batch per broker round trip. A replay that
+queued a whole backlog therefore failed whenever the broker drained it slower than ``events / 120 s`` — the tail of
+a 100 k backlog expired in the accumulator ("Expiring ... since batch creation") while a 30 k one passed. So the
+replay keeps at most ``max_pending_bytes`` of unacknowledged records and waits for the oldest before it sends
+more: the wait per record is bounded by that window, not by the size of the backlog. Every record's outcome is
+checked (events, malformed messages and end markers); the first failure stops the replay with an error.
+
 For dead-letter tests, ``malformed_every=N`` mixes one malformed message in after every N good events (bad JSON,
 a missing required field, a wrong type, a non-object, an empty value), or :func:`inject_malformed` sends some.
 
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
 import decimal
 import itertools
@@ -29,7 +39,7 @@ import json
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +60,12 @@ MALFORMED_KINDS: tuple[str, ...] = ("bad_json", "missing_field", "wrong_type", "
 EXTRA_MALFORMED_KINDS: tuple[str, ...] = ("tombstone",)
 
 _BATCH_ROWS = 5_000
+
+#: Unacknowledged record bytes (keys and values) a replay lets the producer hold before it waits for the oldest:
+#: 64 producer batches of 64 KiB, about a second of a local broker's throughput, and far from any delivery timeout.
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+#: How long to wait for one record beyond the producer's delivery timeout before calling the producer stuck.
+_WAIT_MARGIN_S = 30.0
 
 
 @dataclass
@@ -207,6 +223,49 @@ class _Pacer:
             time.sleep(ahead)
 
 
+def _wait_limit_s(producer: Any) -> float:
+    config = getattr(producer, "config", None)
+    delivery_ms = config.get("delivery_timeout_ms") if isinstance(config, Mapping) else None
+    return (delivery_ms or 120_000) / 1000 + _WAIT_MARGIN_S
+
+
+class _Outstanding:
+    """Sent records not yet acknowledged, oldest first; settles them in send order and counts the outcomes."""
+
+    def __init__(self, wait_limit_s: float) -> None:
+        self.queue: deque[tuple[Any, int, bool]] = deque()  # (future, bytes, is an event)
+        self.bytes = 0
+        self.wait_limit_s = wait_limit_s
+        self.partitions: Counter[int] = Counter()  # acknowledged events per partition
+        self.errors: list[BaseException] = []
+
+    def add(self, future: Any, size: int, event: bool = True) -> None:
+        self.queue.append((future, size, event))
+        self.bytes += size
+
+    def settle(self, max_bytes: int = 0) -> None:
+        """Settle what is done; while more than ``max_bytes`` are outstanding, wait for the oldest record."""
+        while self.queue:
+            fut, size, event = self.queue[0]
+            if not fut.is_done:
+                if self.bytes <= max_bytes:
+                    return
+                with contextlib.suppress(Exception):  # the outcome is read from the future below
+                    fut.get(timeout=self.wait_limit_s)
+                if not fut.is_done:
+                    raise RuntimeError(
+                        f"the producer did not settle a record within {self.wait_limit_s:.0f} s "
+                        "(its delivery timeout has passed): is its sender thread alive?"
+                    )
+            self.queue.popleft()
+            self.bytes -= size
+            if fut.succeeded():
+                if event:
+                    self.partitions[fut.value.partition] += 1
+            else:
+                self.errors.append(fut.exception)
+
+
 def _rows(table: pa.Table) -> Iterator[dict[str, Any]]:
     for batch in table.to_batches(max_chunksize=_BATCH_ROWS):
         yield from batch.to_pylist()
@@ -228,13 +287,15 @@ def replay(
     required_fields: Sequence[str] | None = None,
     producer_config: Mapping[str, Any] | None = None,
     producer: Any = None,
+    max_pending_bytes: int = MAX_PENDING_BYTES,
 ) -> ReplayResult:
     """Send every row of ``source`` to ``topic``; returns what was sent.
 
     ``rate`` is events/s (``None``: as fast as possible). ``key=None`` sends keyless records. ``malformed_every=N``
     adds one malformed message after every N events, cycling ``malformed_kinds``; ``required_fields`` (default:
     the key and event-time columns) are the ones "missing_field"/"wrong_type" break. A ``producer`` passed in is
-    flushed, not closed.
+    flushed, not closed. At most ``max_pending_bytes`` of record keys and values are unacknowledged at any time
+    (back-pressure: the replay waits for the oldest); a record that fails stops the replay with a RuntimeError.
     """
     table = load_events(source)
     for col in (event_time, key, arrival_time):
@@ -250,22 +311,10 @@ def replay(
     own = producer is None
     prod = producer if producer is not None else _producer(bootstrap, rate, producer_config)
     result = ReplayResult(topic=topic)
-    parts: Counter[int] = Counter()
     bad: Counter[str] = Counter()
-    errors: list[BaseException] = []
-    pending: list[Any] = []
-
-    def settle(all_done: bool) -> None:
-        # Counting partitions from settled futures is cheaper than a callback per record.
-        keep = []
-        for fut in pending:
-            if not fut.is_done and not all_done:
-                keep.append(fut)
-            elif fut.succeeded():
-                parts[fut.value.partition] += 1
-            else:
-                errors.append(fut.exception)
-        pending[:] = keep
+    # Counting partitions from settled futures is cheaper than a callback per record.
+    out = _Outstanding(_wait_limit_s(prod))
+    sent = 0
 
     pacer = _Pacer(rate)
     t0 = time.monotonic()
@@ -274,25 +323,30 @@ def replay(
             if ts is None:
                 raise ValueError(f"row {i} has a null event time ({event_time})")
             k = _encode_key(row[key]) if key else None
+            value = encode_value(row)
             pacer.wait()
-            fut = prod.send(topic, value=encode_value(row), key=k, timestamp_ms=ts)
-            pending.append(fut)
-            if len(pending) >= 10_000:
-                settle(False)
+            out.add(prod.send(topic, value=value, key=k, timestamp_ms=ts), len(value) + len(k or b""))
+            sent += 1
             if kinds is not None and malformed_every and (i + 1) % malformed_every == 0:
                 kind = next(kinds)
-                prod.send(
-                    topic, value=malformed_message(kind, row, required, bad[kind]), key=k, timestamp_ms=ts
-                )
+                bad_value = malformed_message(kind, row, required, bad[kind])
+                fut = prod.send(topic, value=bad_value, key=k, timestamp_ms=ts)
+                out.add(fut, len(bad_value or b"") + len(k or b""), event=False)
                 bad[kind] += 1
+            out.settle(max_pending_bytes)
+            if out.errors:
+                break  # the broker refused or timed out: stop, and report below
         prod.flush()
-        settle(True)
-        if errors:
-            raise RuntimeError(f"{len(errors)} records failed to send; first: {errors[0]!r}")
+        out.settle()
+        if out.errors:
+            raise RuntimeError(
+                f"{len(out.errors)} records failed to send (replay stopped after {sent:,} of {len(ts_ms):,} "
+                f"events); first: {out.errors[0]!r}"
+            )
         result.events = len(ts_ms)
         if ts_ms:
             result.first_ts, result.last_ts, result.max_ts = ts_ms[0], ts_ms[-1], max(ts_ms)
-        result.per_partition = dict(sorted(parts.items()))
+        result.per_partition = dict(sorted(out.partitions.items()))
         result.malformed = dict(bad)
         if end_markers:
             result.end_markers = send_end_markers(prod, topic, result.per_partition, result.max_ts)
@@ -307,14 +361,23 @@ def send_end_markers(producer: Any, topic: str, per_partition: Mapping[int, int]
     """One marker per partition of ``topic``, each alone in its batch (the producer is flushed first and after)."""
     producer.flush()
     partitions = sorted(producer.partitions_for(topic) or per_partition)
+    futures = []
     for p in partitions:
         value = json.dumps(
             {END_MARKER_FIELD: True, "partition": p, "events": int(per_partition.get(p, 0))},
             separators=(",", ":"),
         ).encode()
-        producer.send(topic, value=value, key=END_MARKER_KEY, partition=p, timestamp_ms=ts_ms)
+        futures.append(producer.send(topic, value=value, key=END_MARKER_KEY, partition=p, timestamp_ms=ts_ms))
     producer.flush()
+    _raise_failed(futures, "end markers")
     return len(partitions)
+
+
+def _raise_failed(futures: Sequence[Any], what: str) -> None:
+    """After a flush: raise if any of ``futures`` failed (nothing is dropped silently)."""
+    failed = [f.exception for f in futures if f.failed()]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(futures)} {what} failed to send; first: {failed[0]!r}")
 
 
 def inject_malformed(
@@ -336,11 +399,13 @@ def inject_malformed(
     sent: list[tuple[str, bytes | None]] = []
     prod = _producer(bootstrap, None, producer_config)
     try:
+        futures = []
         for n, kind in enumerate(kinds):
             value = malformed_message(kind, template, required, n)
-            prod.send(topic, value=value, key=k, timestamp_ms=ts_ms)
+            futures.append(prod.send(topic, value=value, key=k, timestamp_ms=ts_ms))
             sent.append((kind, value))
         prod.flush()
+        _raise_failed(futures, "malformed messages")
     finally:
         prod.close()
     return sent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from flink_jobs.broker import BrokerError, create_topics, local_broker, start_broker, stop_broker
 from flink_jobs.replay import (
@@ -139,6 +139,60 @@ def test_end_markers_make_end_offsets_exact(kafka_broker: str, unique_topic: Cal
         consumer.close()
     for tp in parts:
         assert end[tp] == result.per_partition.get(tp.partition, 0) + 1  # events + the marker
+
+
+class _CountingProducer:
+    """A real KafkaProducer that notes the most record bytes (keys + values) ever sent but not yet acknowledged."""
+
+    def __init__(self, **config: Any) -> None:
+        self._producer = KafkaProducer(**config)
+        self._sent: deque[tuple[Any, int]] = deque()
+        self._bytes = 0
+        self.max_unacked_bytes = 0
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kw: Any) -> Any:
+        while self._sent and self._sent[0][0].is_done:  # one partition: acknowledged in send order
+            self._bytes -= self._sent.popleft()[1]
+        future = self._producer.send(topic, value=value, key=key, **kw)
+        size = len(value or b"") + len(key or b"")
+        self._sent.append((future, size))
+        self._bytes += size
+        self.max_unacked_bytes = max(self.max_unacked_bytes, self._bytes)
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
+def test_replay_waits_for_a_broker_slower_than_it(
+    kafka_broker: str, unique_topic: Callable[[str], str]
+) -> None:
+    """The broker drains slower than the replay sends; the replay must wait for it, not queue every record.
+
+    One record per batch and the idempotent producer's one batch in flight per partition make the drain ~1 k
+    records/s here, while the replay sends ~15 k/s. kafka-python's accumulator has no bound and each record's
+    delivery timeout (1.5 s here, 120 s by default) runs from send(): without back-pressure all 3,000 records were
+    queued at once, the drain took ~2.5 s and the tail expired ("Expiring 1 record(s) ... since batch creation")
+    the way a 100 k backlog's tail did at the default timeout.
+    """
+    topic = unique_topic("slow")
+    create_topics(kafka_broker, {topic: 1})
+    window = 8 * 1024
+    producer = _CountingProducer(
+        bootstrap_servers=kafka_broker,
+        acks="all",
+        batch_size=256,  # one event per batch
+        linger_ms=0,
+        request_timeout_ms=1000,
+        delivery_timeout_ms=1500,
+    )
+    try:
+        result = replay(events(3000), topic, kafka_broker, producer=producer, max_pending_bytes=window)
+    finally:
+        producer.close()
+    assert result.events == 3000 and result.per_partition == {0: 3000} and result.end_markers == 1
+    assert producer.max_unacked_bytes <= window + 300  # the window plus the one record sent on top of it
+    assert len([r for r in consume_until_markers(kafka_broker, topic) if r.key != END_MARKER_KEY]) == 3000
 
 
 def test_replay_parquet_with_timestamp_column_and_rate(
