@@ -9,7 +9,8 @@ proportions as a throughput run of ``bench/bench_stream.py`` (batches of ``--bat
 * ``parse``: :class:`flink_jobs.job.BatchParser` (JSON, validation, row logic, keys, hash buckets);
 * ``fold``: :meth:`flink_jobs.tiling.BucketTiles.apply` (the fold into IRs and the pending-batch bytes);
 * ``flush``: :meth:`~flink_jobs.tiling.BucketTiles.flush` (encoding every changed period value);
-* ``compact``: :meth:`~flink_jobs.tiling.BucketTiles.compact` (key values for state).
+* ``compact``: :meth:`~flink_jobs.tiling.BucketTiles.compact` (key values for state; when the job would);
+* ``evict``: what the job does when the carried watermark passes a period's retention (flush, compact, expire).
 
 Flink's own costs (state calls, the Java-Python bridge) and memcached writes are not included.
 """
@@ -30,7 +31,13 @@ from features.compile import compile_repo  # noqa: E402
 from features.gcpolicy import quiet_full_collections  # noqa: E402
 from features.synthetic import generate  # noqa: E402
 from features.tiles import StateCodec  # noqa: E402
-from flink_jobs.job import COMPACT_BUCKET_ROWS, FULL_GC_S, BatchParser, batch_record  # noqa: E402
+from flink_jobs.job import (  # noqa: E402
+    COMPACT_BUCKET_ROWS,
+    EVICT_GRANULARITY_MS,
+    FULL_GC_S,
+    BatchParser,
+    batch_record,
+)
 from flink_jobs.replay import encode_value  # noqa: E402
 from flink_jobs.tiling import BucketTiles, retention_of  # noqa: E402
 
@@ -41,9 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--batch", type=int, default=1000, help="records per batch (the job's default cap)")
     ap.add_argument("--flush-every", type=int, default=4, help="batches between flushes")
+    ap.add_argument("--compact-rows", type=int, default=COMPACT_BUCKET_ROWS, help="the job's --compact-rows")
+    ap.add_argument(
+        "--evict", action=argparse.BooleanOptionalAction, default=True, help="evict as the job does"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
-        "--python-gc", action="store_true", help="Python's automatic full collections (default: the job's policy)"
+        "--python-gc",
+        action="store_true",
+        help="Python's automatic full collections (default: the job's policy)",
     )
     ap.add_argument("--profile", action="store_true", help="also a cProfile of one round (top 30 by tottime)")
     a = ap.parse_args(argv)
@@ -54,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ds = generate(seed=5, days=days, events_per_day=max(1, a.events // days), late_fraction=0.0)
     table = ds.payments.slice(0, a.events)
     ts_col = gb.source.time_column
-    records = [batch_record(int(r[ts_col]), None, encode_value(r).decode("utf-8")) for r in table.to_pylist()]
+    records = []
+    wm: int | None = None  # as the job's source: the largest event time so far (no out-of-orderness)
+    for r in table.to_pylist():
+        records.append(batch_record(int(r[ts_col]), wm, encode_value(r).decode("utf-8")))
+        wm = int(r[ts_col]) if wm is None else max(wm, int(r[ts_col]))
     batches = [records[i : i + a.batch] for i in range(0, len(records), a.batch)]
     print(
         f"{gb.name}: {len(records)} events, {len(batches)} batches of {a.batch}, flush every {a.flush_every}"
@@ -63,26 +80,36 @@ def main(argv: list[str] | None = None) -> int:
     def one_round() -> dict[str, float]:
         parser = BatchParser([gb], [0], 1)
         bt = BucketTiles([StateCodec(gb)], [retention_of(gb)])
-        spent = dict.fromkeys(["parse", "fold", "flush", "compact"], 0.0)
+        spent = dict.fromkeys(["parse", "fold", "flush", "compact", "evict"], 0.0)
         clock = time.process_time
         for i, batch in enumerate(batches):
             t0 = clock()
-            out, _, _, _ = parser.parse(batch)
+            out, _, _, floor = parser.parse(batch)
             t1 = clock()
+            compacting = evicting = 0.0
             for rows in out.values():
-                if bt.pending_rows >= COMPACT_BUCKET_ROWS and not bt.dirty:
+                if bt.pending_rows >= a.compact_rows and not bt.dirty:  # the job's rule
+                    t4 = clock()
                     bt.compact()
+                    compacting += clock() - t4
                 bt.apply(rows)
+                if a.evict and bt.eviction_due(floor, EVICT_GRANULARITY_MS):  # as the job's _maybe_evict
+                    assert floor is not None
+                    t5 = clock()
+                    if bt.dirty:
+                        bt.flush()
+                    bt.compact()
+                    bt.expire(floor)
+                    evicting += clock() - t5
             t2 = clock()
             spent["parse"] += t1 - t0
-            spent["fold"] += t2 - t1
+            spent["fold"] += t2 - t1 - compacting - evicting
+            spent["compact"] += compacting
+            spent["evict"] += evicting
             if (i + 1) % a.flush_every == 0 or i == len(batches) - 1:
                 t3 = clock()
                 bt.flush()
                 spent["flush"] += clock() - t3
-                t4 = clock()
-                bt.compact()
-                spent["compact"] += clock() - t4
         return {k: v / len(records) * 1e6 for k, v in spent.items()}
 
     if not a.python_gc:

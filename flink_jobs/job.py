@@ -29,9 +29,11 @@ Per source topic of the chosen GroupBys::
 
 Checkpoint correctness: PyFlink gives a keyed Python function no hook before the barrier, so the keyed state is
 kept restorable at every element - here every batch, since a barrier can only fall between two batches (the
-batcher emits before it). A bucket's state holds one value per key (all its period values, as of the bucket's
-last compaction) plus every batch applied since (``pending-batches``, ``<seq>`` -> rows, in order; one put per
-bucket per batch, no IR encode). A bucket is compacted (changed key values put, batches removed) once it holds
+batcher emits before it). A bucket's state holds its keys' period values as of the bucket's last compaction
+(``period-values``: per key an index entry ``<key>`` listing its periods and one entry per period value,
+``<key>\x1e<size>:<period start>``; a Flink key never holds "\x1e", JSON escapes it) plus every batch applied since
+(``pending-batches``, ``<seq>`` -> rows, in order; one put per bucket per batch, no IR encode). A bucket is
+compacted (the period values changed since put, new periods listed, batches removed) once it holds
 COMPACT_BUCKET_ROWS pending rows, all of them flushed (at its next batch or timer), and before an eviction. A
 bucket with rows not yet in memcached keeps a processing-time timer pending (1 s grid). On restore a bucket is
 rebuilt on first touch (batch or restored timer) by replaying its pending batches over its keys' values (a key
@@ -109,8 +111,12 @@ COMPACT_ROWS = 16
 #: grid step, however many events): after a restore it rebuilds the key, replaying its rows into a flush.
 KEY_TIMER_GRANULARITY_MS = 1000
 #: Batch path: a bucket's state is compacted (key values put, pending batches removed) once it holds this many
-#: pending rows, at its next batch or timer after a flush. Bounds the rows a restore replays per bucket.
-COMPACT_BUCKET_ROWS = 512
+#: pending rows, at its next batch or timer after a flush (``--compact-rows``). A compaction puts the whole value
+#: of every key changed since the last one (all its periods), so it costs about a key's size per changed key: at
+#: 512 rows it was 40-45 % of the tile operator's CPU under load (``bench/profile_stream.py``, 100,000 events,
+#: merchant 58 of 134 us per event, card 73 of 263); at 20,000 it is 2-3 %. The price is at restore: a bucket
+#: replays up to this many rows (~0.1 ms each) and its pending batches stay in state until then (~250 B a row).
+COMPACT_BUCKET_ROWS = 20_000
 #: Batch path defaults: how long (ms) a batch collects records after its first one, its size cap, and the number
 #: of hash buckets of the keys (keyed state and tile-operator calls are per bucket: a batch costs one call per
 #: bucket it touches, so at parallelism 1 one bucket is cheapest - 8 buckets cost ~40 % more tile-thread CPU at
@@ -158,6 +164,7 @@ class JobSettings:
     watermark_interval_ms: int = 20
     batch_ms: int = BATCH_MS  # 0: the per-element path
     batch_max_records: int = BATCH_MAX_RECORDS
+    compact_rows: int = COMPACT_BUCKET_ROWS
     buckets: int = BUCKETS
 
 
@@ -856,7 +863,7 @@ def _batch_functions() -> tuple[Any, Any]:
             self.n_buckets = int(s.get("buckets", BUCKETS))
             # Strings (latin-1) rather than byte arrays: one JVM call per value (see TileFunction).
             self.values = runtime_context.get_map_state(
-                MapStateDescriptor("key-values", Types.STRING(), Types.STRING())
+                MapStateDescriptor("period-values", Types.STRING(), Types.STRING())
             )
             self.pending = runtime_context.get_map_state(
                 MapStateDescriptor("pending-batches", Types.STRING(), Types.STRING())
@@ -1284,16 +1291,19 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "metrics_dir": metrics_dir,
         "upstreams": len(by_topic),
         "buckets": settings.buckets,
+        "compact_rows": settings.compact_rows,
     }
     if batched:
         keyed = merged.key_by(lambda r: r[0], key_type=Types.INT())
     else:
         keyed = merged.key_by(lambda r: r[1], key_type=Types.STRING())
     # The two paths' tile operators keep different state: distinct uids, so that restoring one path's checkpoint
-    # into the other fails (unclaimed state) instead of starting from empty tiles at restored offsets.
+    # into the other fails (unclaimed state) instead of starting from empty tiles at restored offsets. The same for
+    # a change of layout: "-2" since period values became entries of their own (a checkpoint of the one value per
+    # key layout fails to restore, it is not misread).
     (
         keyed.process(TileFunction(plan_json, [gb.name for gb in gbs], tile_settings))
-        .uid("bucket-tiles" if batched else "tiles")
+        .uid("bucket-tiles-2" if batched else "tiles")
         .name("tiles")
     )
     return env
@@ -1354,6 +1364,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--buckets", type=int, default=BUCKETS, help="hash buckets of the keys (keep it for a restore)"
     )
+    p.add_argument(
+        "--compact-rows",
+        type=int,
+        default=COMPACT_BUCKET_ROWS,
+        help="a bucket's pending rows before its key values are rewritten (restore replays at most this many)",
+    )
     return p
 
 
@@ -1389,6 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
         job_name=args.job_name,
         batch_ms=args.batch_ms,
         batch_max_records=args.batch_max_records,
+        compact_rows=args.compact_rows,
         buckets=args.buckets,
     )
     print(

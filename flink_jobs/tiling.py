@@ -444,7 +444,7 @@ class KeyTiles:
     checkpoint barrier arrives, the state is therefore enough to restore the key exactly.
     """
 
-    __slots__ = ("codec", "dirty", "entries", "retention", "seq", "uncompacted")
+    __slots__ = ("codec", "dirty", "entries", "retention", "seq", "stored", "uncompacted")
 
     def __init__(self, codec: StateCodec, retention: Mapping[int, int]) -> None:
         self.codec = codec
@@ -453,6 +453,7 @@ class KeyTiles:
         self.dirty: set[str] = set()  # changed since the last flush (memcached)
         self.uncompacted: set[str] = set()  # changed since the last compaction (period values in state)
         self.seq = 0  # pending rows in state: r:0 .. r:seq-1
+        self.stored: set[str] = set()  # batch path: the periods the key's state entries hold
 
     @classmethod
     def load(
@@ -614,23 +615,36 @@ def decode_batch(data: bytes) -> list[tuple[int, str, dict[str, Any]]]:
     return out
 
 
-def key_state_value(kt: KeyTiles) -> bytes:
-    """Every period value of one key as one state value (length-prefixed, in period-key order)."""
-    w = Writer()
-    w.uvarint(len(kt.entries))
-    for pk in sorted(kt.entries):
-        w.raw(kt.entries[pk].value(kt.codec))
-    return w.getvalue()
+#: Batch path state: a key's *index* is the entry ``<key>`` (its period keys, comma-separated) and each of its period
+#: values is an entry of its own, ``<key>\x1e<period key>`` (a Flink key holds no "\x1e"; see flink_jobs.job).
+PERIOD_SEP = "\x1e"
 
 
-def key_tiles_from_state(codec: StateCodec, retention: Mapping[int, int], data: bytes) -> KeyTiles:
-    """The inverse of :func:`key_state_value` (IRs decoded lazily)."""
+def period_entry_key(key: str, pk: str) -> str:
+    """The state entry of one period value of ``key`` (``pk``: :func:`period_state_key`)."""
+    return key + PERIOD_SEP + pk
+
+
+def key_index(kt: KeyTiles) -> bytes:
+    """The state entry listing a key's periods (sorted)."""
+    return ",".join(sorted(kt.entries)).encode("ascii")
+
+
+def key_tiles_from_state(
+    codec: StateCodec, retention: Mapping[int, int], key: str, index: bytes, get: Any
+) -> KeyTiles:
+    """A key as its state holds it: ``index`` (:func:`key_index`) and each period value read through ``get`` (IRs
+    decoded lazily)."""
     kt = KeyTiles(codec, retention)
-    r = Reader(data)
-    for _ in range(r.uvarint()):
-        entry = PeriodEntry.from_value(r.raw())
-        kt.entries[period_state_key(entry.size, entry.period_start)] = entry
-    r.done()
+    for pk in index.decode("ascii").split(",") if index else ():
+        data = get(period_entry_key(key, pk))
+        if data is None:
+            raise ValueError(f"the state of key {key!r} lists period {pk} but holds no value for it")
+        entry = PeriodEntry.from_value(data)
+        if period_state_key(entry.size, entry.period_start) != pk:
+            raise ValueError(f"the state of key {key!r} holds another period under {pk}")
+        kt.entries[pk] = entry
+    kt.stored = set(kt.entries)
     return kt
 
 
@@ -639,9 +653,10 @@ class BucketTiles:
 
     A bucket receives batches of projected rows (:meth:`apply`); its keys' IRs are updated in memory
     (:class:`KeyTiles`) and encoded only when flushed (:meth:`flush`). The bucket's keyed state always equals
-    *each key's period values as of the last compaction* (one value per key, :func:`key_state_value`) plus *every
+    *each key's period values as of the last compaction* (an index entry per key and one entry per period value,
+    :func:`period_entry_key`: a compaction writes only the periods that changed) plus *every
     batch applied since* (pending batches ``"<seq>"``, :func:`encode_batch`): :meth:`apply` returns the batch
-    entry to put, :meth:`compact` the key values to put and the pending batches to remove, and :meth:`replay`
+    entry to put, :meth:`compact` the state entries to put and the pending batches to remove, and :meth:`replay`
     rebuilds the bucket from its pending batches (keys are loaded from their state values through ``load``).
     So a checkpoint barrier, which can only fall between two batches, always finds a restorable state.
 
@@ -674,14 +689,15 @@ class BucketTiles:
         self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
 
     def tiles(self, gi: int, key: str, load: Any = None) -> KeyTiles:
-        """The key's tiles; a key not in memory is loaded by ``load(key)`` (its state value, or ``None``)."""
+        """The key's tiles; a key not in memory is loaded through ``load(state entry)`` (its index, then its
+        period values; ``None``: not in state)."""
         kt = self.keys.get(key)
         if kt is None:
-            data = load(key) if load is not None else None
-            if data is None:
+            index = load(key) if load is not None else None
+            if index is None:
                 kt = KeyTiles(self.codecs[gi], self.retentions[gi])
             else:
-                kt = key_tiles_from_state(self.codecs[gi], self.retentions[gi], data)
+                kt = key_tiles_from_state(self.codecs[gi], self.retentions[gi], key, index, load)
                 nxt = kt.next_expiry()
                 if nxt is not None:
                     self._schedule(key, nxt)
@@ -736,7 +752,7 @@ class BucketTiles:
         return out
 
     def compact(self) -> tuple[dict[str, bytes], list[str], list[str]]:
-        """``(key values to put, keys to remove, pending batches to remove)`` so that state holds no batch;
+        """``(state entries to put, entries to remove, pending batches to remove)`` so that state holds no batch;
         only when nothing is unflushed."""
         if self.dirty:
             raise ValueError("compact() with unflushed rows: flush first")
@@ -746,12 +762,19 @@ class BucketTiles:
             kt = self.keys.get(key)
             if kt is None:
                 continue
+            entries, stored = kt.entries, kt.stored
+            new = False
+            for pk in kt.uncompacted:
+                e = entries.get(pk)
+                if e is not None:
+                    puts[period_entry_key(key, pk)] = e.value(kt.codec)
+                    if pk not in stored:
+                        new = True
+            if new:  # (periods leave state only through expire())
+                puts[key] = key_index(kt)
+                kt.stored = set(entries)
             kt.uncompacted.clear()
             kt.seq = 0
-            if kt.entries:
-                puts[key] = key_state_value(kt)
-            else:
-                removes.append(key)
         pending = [str(i) for i in range(self.seq)]
         self.uncompacted.clear()
         self.seq = 0
@@ -773,7 +796,7 @@ class BucketTiles:
         return -(-self.expiry[0][0] // granularity_ms) * granularity_ms <= watermark_ms
 
     def expire(self, watermark_ms: int) -> tuple[dict[str, bytes], list[str], int]:
-        """Drop the periods past retention at ``watermark_ms``: ``(key values to put, keys to remove, periods
+        """Drop the periods past retention at ``watermark_ms``: ``(state entries to put, entries to remove, periods
         dropped)``. Only on a compacted bucket (:meth:`compact` first)."""
         if self.seq or self.dirty:
             raise ValueError("expire() needs a flushed and compacted bucket")
@@ -791,9 +814,13 @@ class BucketTiles:
                 continue
             gone = kt.expired(watermark_ms)
             dropped += len(gone)
+            for pk in gone:
+                if pk in kt.stored:
+                    kt.stored.discard(pk)
+                    removes.add(period_entry_key(key, pk))
             if kt.entries:
                 if gone:
-                    puts[key] = key_state_value(kt)
+                    puts[key] = key_index(kt)
                     removes.discard(key)
                 nxt = kt.next_expiry()
                 if nxt is not None:  # (> watermark_ms: the key's next eviction)

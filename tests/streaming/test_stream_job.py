@@ -291,11 +291,14 @@ def test_kill_and_restore_from_checkpoint(
     # Unbounded job (a bounded KafkaSource restored from a checkpoint did not stop at its end on tansu).
     replay(pa.Table.from_pylist(events), topic, kafka_broker, arrival_time="arrival_ts")
     log = tmp_path / "job.log"
-    # Three hash buckets of keys (the default is one): several buckets' pending batches restored and replayed.
+    # Three hash buckets of keys (the default is one): several buckets' pending batches restored and replayed;
+    # compactions every few hundred rows (the default waits for 20,000), so the checkpoint holds key values too.
     cmd = [
         *job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path, bounded=False),
         "--buckets",
         "3",
+        "--compact-rows",
+        "300",
     ]
     proc = start_job(cmd, log)
     # Kill -9 once a good part of the stream is applied and a checkpoint is complete.
@@ -341,5 +344,6 @@ def test_kill_and_restore_from_checkpoint(
         after = metrics(tmp_path)
         assert after["flush_errors"] == 0 and after["late_at_tiler"] == 0
         assert after["replayed"] > 0  # rows of pending batches in the checkpoint were applied again
+        assert after["compactions"] > 0
     finally:
         kill_group(proc)

@@ -335,7 +335,7 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     batches. Barriers fall between batches; crashes restore a checkpoint and replay from its offset. Every period
     value written equals the in-memory Tiler's, byte for byte, and eviction really drops periods."""
     from flink_jobs.job import EVICT_GRANULARITY_MS, bucket_of, flink_key, parse_flink_key
-    from flink_jobs.tiling import BucketTiles, entity_of, retention_of
+    from flink_jobs.tiling import PERIOD_SEP, BucketTiles, entity_of, period_entry_key, retention_of
 
     gbs = [plan.group_by("card"), plan.group_by("merchant")]
     expected: dict[tuple[Any, ...], bytes] = {}
@@ -437,9 +437,13 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
         compact(b)
     for b, (values, batches) in state.items():
         assert not batches
-        assert set(values) == set(memory[b].keys)
+        indexes = {k for k in values if PERIOD_SEP not in k}
+        assert indexes == set(memory[b].keys)
+        # every period value in state is listed by its key's index, and the other way round
+        listed = {period_entry_key(k, pk) for k in indexes for pk in values[k].decode("ascii").split(",")}
+        assert listed == set(values) - indexes
         fresh = BucketTiles(codecs, retentions)
-        for key in values:
+        for key in indexes:
             gi, ent = parse_flink_key(key)
             held = memory[b].keys[key].entries
             loaded = fresh.tiles(gi, key, values.get).entries
@@ -447,3 +451,65 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
             for pk, e in loaded.items():
                 assert e.value(codecs[gi]) == held[pk].value(codecs[gi])
                 assert e.value(codecs[gi]) == expected[(gi, ent, e.size, e.period_start)]
+
+
+def test_bucket_compaction_writes_only_the_periods_that_changed(
+    plan: Any, payments: list[dict[str, Any]]
+) -> None:
+    """A compaction puts the period values that changed since the last one, and a key's index only when the key
+    gained a period: not the whole key (a hot key's state is every period it keeps for retention)."""
+    from flink_jobs.job import flink_key
+    from flink_jobs.tiling import (
+        PERIOD_SEP,
+        BucketTiles,
+        entity_of,
+        period_entry_key,
+        period_state_key,
+        retention_of,
+    )
+
+    gb = plan.group_by("merchant")
+    codec = StateCodec(gb)
+    fn = row_function(gb)
+    rows = []
+    for ev in payments[:2000]:
+        row = fn(ev)
+        ent = entity_of(gb, row) if row is not None else None
+        if ent is not None:
+            rows.append((0, flink_key(0, ent), row))
+    state: dict[str, bytes] = {}
+    bt = BucketTiles([codec], [retention_of(gb)])
+    bt.apply(rows, state.get)
+    bt.flush()
+    puts, removes, _ = bt.compact()
+    state.update(puts)
+    assert not removes
+    gi, key, row = rows[-1]
+    periods = len(state[key].decode("ascii").split(","))
+    assert periods > len(codec.sizes)  # the key holds more periods than one row touches
+
+    # One more row at a time the key already has: one period value per level, no index.
+    bt.apply([(gi, key, dict(row))], state.get)
+    bt.flush()
+    puts, _, _ = bt.compact()
+    touched = {
+        period_entry_key(key, period_state_key(size, align(row["ts"], codec.period_of[size])))
+        for size in codec.sizes
+    }
+    assert set(puts) == touched
+    state.update(puts)
+
+    # A row in a new period of every level: its period values and the key's new index.
+    later = dict(row, ts=row["ts"] + 3 * DAY_MS)
+    bt.apply([(gi, key, later)], state.get)
+    bt.flush()
+    puts, _, _ = bt.compact()
+    assert key in puts and len([k for k in puts if PERIOD_SEP in k]) == len(codec.sizes)
+    state.update(puts)
+    assert len(state[key].decode("ascii").split(",")) == periods + len(codec.sizes)
+    # and the state alone loads the key as memory holds it
+    loaded = BucketTiles([codec], [retention_of(gb)]).tiles(gi, key, state.get)
+    held = bt.keys[key]
+    assert {pk: e.value(codec) for pk, e in loaded.entries.items()} == {
+        pk: e.value(codec) for pk, e in held.entries.items()
+    }
