@@ -35,6 +35,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -153,6 +155,26 @@ def pct(xs: list[float], q: float) -> float:
 # ---- throughput ----------------------------------------------------------------------------------------
 
 
+def backlog_table(args: argparse.Namespace) -> pa.Table:
+    """The throughput run's payments. ``--backlog-time days``: the synthetic days as generated (20,000 payments a
+    day, one card per 25 payments), so the job covers ~8 hours of event time per second - a catch-up after days
+    down; windows roll and periods expire ~30,000 times faster than live, so eviction is most of the work.
+    ``live``: the same generator with a card per payment, re-timed the way a live stream at ``--live-rate``
+    events/s has them (consecutive, ending now, in arrival order): the catch-up after a few seconds down, or the
+    load of a stream at that rate."""
+    if args.backlog_time == "days":
+        days = max(1, args.backlog // 20_000)
+        ds = generate(seed=5, days=days, events_per_day=max(1, args.backlog // days), late_fraction=0.0)
+        return ds.payments.slice(0, args.backlog)
+    ds = generate(seed=5, days=1, events_per_day=args.backlog, n_cards=args.backlog, late_fraction=0.0)
+    table = ds.payments.slice(0, args.backlog).sort_by("arrival_ts")
+    n = table.num_rows
+    end = int(time.time() * 1000)
+    ts = pa.array([end - int((n - 1 - i) * 1000 / args.live_rate) for i in range(n)], pa.int64())
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", ts)
+    return table.set_column(table.schema.get_field_index("arrival_ts"), "arrival_ts", ts)
+
+
 def throughput(args: argparse.Namespace, bootstrap: str, servers: list[str], work: Path) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:6]
     plan = plan_with_topics(suffix)
@@ -160,9 +182,7 @@ def throughput(args: argparse.Namespace, bootstrap: str, servers: list[str], wor
     plan_file = work / f"plan-{suffix}.json"
     plan_file.write_text(plan.to_json())
     create_topics(bootstrap, {gb.source.topic: args.partitions})
-    days = max(1, args.backlog // 20_000)
-    ds = generate(seed=5, days=days, events_per_day=max(1, args.backlog // days), late_fraction=0.0)
-    table = ds.payments.slice(0, args.backlog)
+    table = backlog_table(args)
     sent = replay(table, gb.source.topic, bootstrap, arrival_time="arrival_ts")
     mdir = work / f"metrics-tp-{suffix}"
     cmd = [
@@ -387,7 +407,13 @@ def to_markdown(args: argparse.Namespace, tp: dict[str, Any] | None, fr: dict[in
     ]
     if tp:
         lines += [
-            f"- Throughput (backlog of {tp['events']:,} payments, bounded job"
+            f"- Throughput (backlog of {tp['events']:,} payments, "
+            + (
+                "event times of synthetic days"
+                if args.backlog_time == "days"
+                else f"event times of a live stream at {args.live_rate:,.0f}/s"
+            )
+            + ", bounded job"
             + (
                 f", flush interval {args.throughput_flush_ms} ms"
                 if args.throughput_flush_ms is not None
@@ -420,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--probe-every", type=int, default=10)
     p.add_argument("--backlog", type=int, default=30_000)
+    p.add_argument(
+        "--backlog-time",
+        choices=["days", "live"],
+        default="days",
+        help="event times of the backlog: synthetic days, or those of a live stream at --live-rate",
+    )
+    p.add_argument("--live-rate", type=float, default=10_000, help="events/s of --backlog-time live")
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--flush-interval-ms", type=int, default=None)
     p.add_argument(
