@@ -27,9 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_stream import backlog_table  # noqa: E402
+
 from features.compile import compile_repo  # noqa: E402
 from features.gcpolicy import quiet_full_collections  # noqa: E402
-from features.synthetic import generate  # noqa: E402
 from features.tiles import StateCodec  # noqa: E402
 from flink_jobs.job import (  # noqa: E402
     COMPACT_BUCKET_ROWS,
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group-by", default="card")
     ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--backlog-time", choices=["days", "live"], default="days", help="as bench_stream.py's")
+    ap.add_argument("--live-rate", type=float, default=10_000)
     ap.add_argument("--batch", type=int, default=1000, help="records per batch (the job's default cap)")
     ap.add_argument("--flush-every", type=int, default=4, help="batches between flushes")
     ap.add_argument("--compact-rows", type=int, default=COMPACT_BUCKET_ROWS, help="the job's --compact-rows")
@@ -63,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = compile_repo(ROOT / "features" / "fraud")
     gb = next(g for g in plan.group_bys if g.name == a.group_by or g.name.startswith(a.group_by))
-    days = max(1, a.events // 20_000)
-    ds = generate(seed=5, days=days, events_per_day=max(1, a.events // days), late_fraction=0.0)
-    table = ds.payments.slice(0, a.events)
+    table = backlog_table(
+        argparse.Namespace(backlog=a.events, backlog_time=a.backlog_time, live_rate=a.live_rate)
+    )
     ts_col = gb.source.time_column
     records = []
     wm: int | None = None  # as the job's source: the largest event time so far (no out-of-orderness)
