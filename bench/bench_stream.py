@@ -89,6 +89,8 @@ def job_args(args: argparse.Namespace) -> list[str]:
         out += ["--flush-cost-share", str(args.flush_cost_share)]
     if args.full_gc_s is not None:
         out += ["--full-gc-s", str(args.full_gc_s)]
+    if args.compact_rows is not None:
+        out += ["--compact-rows", str(args.compact_rows)]
     return out
 
 
@@ -391,6 +393,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"timeout {args.buffer_timeout_ms} ms, flush interval {flush}"
         + ("" if args.flush_cost_share is None else f", flush cost share {args.flush_cost_share:g}")
         + ("" if args.full_gc_s is None else f", full GC every {args.full_gc_s:g} s")
+        + ("" if args.compact_rows is None else f", compaction every {args.compact_rows} rows")
         + ", checkpoints off, 1 memcached node"
     )
 
@@ -459,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         "--throughput-flush-ms", type=int, default=None, help="flush interval of the throughput run"
     )
     p.add_argument("--flush-cost-share", type=float, default=None, help="the job's (default: its own)")
+    p.add_argument("--compact-rows", type=int, default=None, help="the job's (default: its own)")
     p.add_argument(
         "--full-gc-s", type=float, default=None, help="the job's (default: its own; 0: Python's GC)"
     )
