@@ -110,13 +110,12 @@ COMPACT_ROWS = 16
 #: A key with rows not yet in memcached has a processing-time timer pending, on this grid (so one per key per
 #: grid step, however many events): after a restore it rebuilds the key, replaying its rows into a flush.
 KEY_TIMER_GRANULARITY_MS = 1000
-#: Batch path: a bucket's state is compacted (key values put, pending batches removed) once it holds this many
-#: pending rows, at its next batch or timer after a flush (``--compact-rows``). A compaction puts the whole value
-#: of every key changed since the last one (all its periods), so it costs about a key's size per changed key: at
-#: 512 rows it was 40-45 % of the tile operator's CPU under load (``bench/profile_stream.py``, 100,000 events,
-#: merchant 58 of 134 us per event, card 73 of 263); at 20,000 it is 2-3 %. The price is at restore: a bucket
-#: replays up to this many rows (~0.1 ms each) and its pending batches stay in state until then (~250 B a row).
-COMPACT_BUCKET_ROWS = 20_000
+#: Batch path: a bucket's state is compacted (the period values changed since put, batches removed) once it holds
+#: this many pending rows, at its next batch or timer after a flush (``--compact-rows``). A compaction costs one
+#: state put per period changed since the last one (~1-4 us per event in-process at 512-2,000 rows, measured with
+#: ``bench/profile_stream.py``); spread over small compactions it adds no pause (freshness p99 at 1,000 events/s
+#: was better at 1,000 rows than at 20,000). A restore replays at most this many rows per bucket.
+COMPACT_BUCKET_ROWS = 1_000
 #: Batch path defaults: how long (ms) a batch collects records after its first one, its size cap, and the number
 #: of hash buckets of the keys (keyed state and tile-operator calls are per bucket: a batch costs one call per
 #: bucket it touches, so at parallelism 1 one bucket is cheapest - 8 buckets cost ~40 % more tile-thread CPU at

@@ -292,7 +292,7 @@ def test_kill_and_restore_from_checkpoint(
     replay(pa.Table.from_pylist(events), topic, kafka_broker, arrival_time="arrival_ts")
     log = tmp_path / "job.log"
     # Three hash buckets of keys (the default is one): several buckets' pending batches restored and replayed;
-    # compactions every few hundred rows (the default waits for 20,000), so the checkpoint holds key values too.
+    # compactions every few hundred rows (the default is 1,000), so the checkpoint holds key values too.
     cmd = [
         *job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path, bounded=False),
         "--buckets",
