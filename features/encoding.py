@@ -69,7 +69,12 @@ _UV_CONT: tuple[bytes, ...] = tuple(bytes(((x & 0x7F) | 0x80, (x >> 7) | 0x80)) 
 
 
 def _uvarint_slow(n: int) -> bytes:
-    """``uvarint`` of ``n`` ≥ 2**14, 14 bits at a time (LEB128's 7-bit groups, two per table entry)."""
+    """``uvarint`` of ``n`` ≥ 2**14, 14 bits at a time (LEB128's 7-bit groups, two per table entry). Up to 42
+    bits (millisecond timestamps and their zigzag, the common large values) without a loop."""
+    if n < 1 << 28:
+        return _UV_CONT[n & 0x3FFF] + _UV_SMALL[n >> 14]
+    if n < 1 << 42:
+        return _UV_CONT[n & 0x3FFF] + _UV_CONT[(n >> 14) & 0x3FFF] + _UV_SMALL[n >> 28]
     parts = []
     while n >= 16384:
         parts.append(_UV_CONT[n & 0x3FFF])

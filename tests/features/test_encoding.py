@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from features.encoding import (
@@ -166,6 +166,13 @@ def test_container_errors_are_clear() -> None:
 
 @ENC
 @given(st.integers(0, 2**130))
+@example(2**14 - 1)
+@example(2**14)
+@example(2**28 - 1)
+@example(2**28)
+@example(2**42 - 1)
+@example(2**42)
+@example(2 * 1_765_000_000_000)
 def test_uvarint_bytes_equal_the_writer(n: int) -> None:
     w = Writer()
     w.uvarint(n)
