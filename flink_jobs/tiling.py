@@ -444,7 +444,7 @@ class KeyTiles:
     checkpoint barrier arrives, the state is therefore enough to restore the key exactly.
     """
 
-    __slots__ = ("codec", "dirty", "entries", "retention", "seq", "stored", "uncompacted")
+    __slots__ = ("codec", "dirty", "entries", "expiries", "retention", "seq", "stored", "uncompacted")
 
     def __init__(self, codec: StateCodec, retention: Mapping[int, int]) -> None:
         self.codec = codec
@@ -454,6 +454,9 @@ class KeyTiles:
         self.uncompacted: set[str] = set()  # changed since the last compaction (period values in state)
         self.seq = 0  # pending rows in state: r:0 .. r:seq-1
         self.stored: set[str] = set()  # batch path: the periods the key's state entries hold
+        # heap of (expiry, period key) of every entry, built at the first question about expiry (entries loaded
+        # from state come before it), kept by _fold and expired() after
+        self.expiries: list[tuple[int, str]] | None = None
 
     @classmethod
     def load(
@@ -496,6 +499,8 @@ class KeyTiles:
                 entry = self.entries[pk] = PeriodEntry(size, ps)
                 expiry = ps + period + self.retention[size]
                 earliest = expiry if earliest is None else min(earliest, expiry)
+                if self.expiries is not None:
+                    heapq.heappush(self.expiries, (expiry, pk))
             tile = entry.tiles.get(start)
             if tile is None:
                 old = None
@@ -554,38 +559,38 @@ class KeyTiles:
         self.seq = 0
         return puts, removes
 
+    def _expiries(self) -> list[tuple[int, str]]:
+        h = self.expiries
+        if h is None:
+            codec, retention = self.codec, self.retention
+            h = self.expiries = [
+                (e.period_start + codec.period_of[e.size] + retention[e.size], pk)
+                for pk, e in self.entries.items()
+            ]
+            heapq.heapify(h)
+        return h
+
     def expiring(self, watermark_ms: int) -> bool:
         """True if some period is past retention at ``watermark_ms``."""
-        codec = self.codec
-        return any(
-            e.period_start + codec.period_of[e.size] + self.retention[e.size] <= watermark_ms
-            for e in self.entries.values()
-        )
+        h = self._expiries()
+        return bool(h) and h[0][0] <= watermark_ms
 
     def expired(self, watermark_ms: int) -> list[str]:
         """Drop (from memory) and return the periods past retention at ``watermark_ms``; flush and compact
-        first (a dropped period is neither flushed nor written)."""
-        codec = self.codec
-        gone = [
-            pk
-            for pk, e in self.entries.items()
-            if e.period_start + codec.period_of[e.size] + self.retention[e.size] <= watermark_ms
-        ]
-        for pk in gone:
-            del self.entries[pk]
-            self.dirty.discard(pk)
-            self.uncompacted.discard(pk)
+        first (a dropped period is neither flushed nor written). Pops them off the key's expiry heap: no scan."""
+        h = self._expiries()
+        gone = []
+        while h and h[0][0] <= watermark_ms:
+            _, pk = heapq.heappop(h)
+            if self.entries.pop(pk, None) is not None:
+                self.dirty.discard(pk)
+                self.uncompacted.discard(pk)
+                gone.append(pk)
         return gone
 
     def next_expiry(self) -> int | None:
-        codec = self.codec
-        return min(
-            (
-                e.period_start + codec.period_of[e.size] + self.retention[e.size]
-                for e in self.entries.values()
-            ),
-            default=None,
-        )
+        h = self._expiries()
+        return h[0][0] if h else None
 
 
 # ---- one hash bucket of keys (the batch path of the Flink operator) -----------------------------------------

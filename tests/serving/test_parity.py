@@ -106,7 +106,9 @@ def world(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     # Online: the Spark upload into the embedded bulk store, stream period values in memcached.
     nodes = start_memcached_cluster(2)
     bulk = EmbeddedBulkStore(tmp / "bulk")
-    stream = MemcachedStore([n.address for n in nodes])
+    stream = MemcachedStore(
+        [n.address for n in nodes], timeout_s=5.0, connect_timeout_s=5.0
+    )  # (see budget_s)
     try:
         run_upload(plan, date, sources, bulk, spark=spark)
         raw = {"payments": ds.payments.to_pylist(), "labels": ds.labels.to_pylist()}
@@ -123,7 +125,10 @@ def world(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         pick = np.random.default_rng(5).choice(idx, size=min(ONLINE_ROWS, len(idx)), replace=False)
         pick = sorted(pick.tolist(), key=lambda i: (left.column("ts")[i].as_py(), i))
         clock = Clock(boundary)
-        fetcher = Fetcher(plan, (bulk, stream), now_ms=clock)
+        # Values are under test here, not latency: a budget (and memcached timeouts) no pause of this process (a
+        # full garbage collection of the whole suite's heap, the Spark gateway) can spend, so no part is ever
+        # degraded for time.
+        fetcher = Fetcher(plan, (bulk, stream), now_ms=clock, budget_s=30.0)
         online: list[dict[str, Any]] = []
         for i in pick:
             req = {c: left.column(c)[i].as_py() for c in join.left.schema}
