@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 
 from features.compile import compile_repo
+from features.gcpolicy import no_full_collections
 from features.synthetic import generate
 from features.windows import DAY_MS, HOUR_MS, align
 from kvstore.embedded import EmbeddedBulkStore
@@ -65,7 +66,14 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     while not srv.started:
         assert time.monotonic() < deadline, "the API did not start"
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "requests": requests, "nodes": nodes}
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=5.0) as c:  # warm, as a deployment warms a new server
+        for req in requests:
+            c.post("/v1/decide", json=req)
+    # As `tessera serve` runs (features/gcpolicy.py): no full collection of this process's heap - the whole
+    # suite's objects - in the middle of a request while the healthy cluster is measured.
+    with no_full_collections():
+        yield {"url": url, "requests": requests, "nodes": nodes}
     srv.should_exit = True
     thread.join(10)
     decider.close()
