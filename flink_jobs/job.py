@@ -76,7 +76,7 @@ import sys
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ COMPACT_BUCKET_ROWS = 1_000
 BATCH_MS = 5
 BATCH_MAX_RECORDS = 1000
 BUCKETS = 1
-#: Batch path: the bucket count, kept in every bucket's key values (a Flink key starts with a digit: no clash), so
+#: Batch path: the bucket count, kept in every bucket's ``period-values`` (a Flink key starts with a digit: no clash), so
 #: that a restore with another ``--buckets`` fails instead of rebuilding keys from nothing.
 BUCKETS_STATE_KEY = "#buckets"
 _KEY_SEP = "\x1f"
@@ -514,6 +514,114 @@ class BatchParser:
         return out, dead, late, floor
 
 
+class _ParseOperator:
+    """What both parse operators (per record, per batch) hold and do alike: their arguments, and at ``open`` a
+    :class:`BatchParser` (``self.parser``) whose counts are the operator's metrics. Mixed into their PyFlink
+    ``ProcessFunction`` classes (first, so these ``open``/``close`` are the ones called)."""
+
+    #: counters the operator keeps besides the parser's
+    extra_counts: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        plan_json: str,
+        names: list[str],
+        indexes: list[int],
+        late_tag: Any,
+        dlq_tag: Any,
+        metrics_dir: str | None,
+        *,
+        buckets: int = 1,
+        source: int = 0,
+    ) -> None:
+        self.plan_json = plan_json
+        self.names = names
+        self.indexes = indexes
+        self.late_tag = late_tag
+        self.dlq_tag = dlq_tag
+        self.metrics_dir = metrics_dir
+        self.buckets = buckets
+        self.source = source
+
+    def open(self, runtime_context: Any) -> None:
+        plan = Plan.from_json(self.plan_json)
+        gbs = [plan.group_by(n) for n in self.names]
+        self.parser = BatchParser(gbs, self.indexes, self.buckets)
+        self.topic = gbs[0].source.topic
+        for name in self.extra_counts:
+            self.parser.counts.setdefault(name, 0)
+        self.m = _Metrics(runtime_context, f"parse-{self.topic}", list(self.parser.counts), self.metrics_dir)
+        self.m.values = self.parser.counts  # the parser counts into the metrics directly
+        self._profile = _start_profile()
+
+    def close(self) -> None:
+        _stop_profile(self._profile, f"parse-{self.topic}")
+        self.m.maybe_write(force=True)
+
+
+class _TileTimers:
+    """What both tile operators (per key, per bucket: a *unit*) do alike with processing time and the store. They
+    keep ``unflushed`` (units with rows not yet in memcached), ``timer_at`` (a unit's pending timer),
+    ``flush_timer_at``, ``flush_ms``, ``next_flush``, and define ``_flush_all`` and ``_compact(unit state)``."""
+
+    unflushed: dict[Any, Any]
+    timer_at: dict[Any, int]
+    flush_timer_at: int | None
+    flush_ms: int
+    next_flush: int
+    m: _Metrics
+    store: Any
+    latency: Any
+
+    def _flush_all(self, now_ms: int | None = None) -> None:
+        raise NotImplementedError
+
+    def _compact(self, tiles: Any) -> None:
+        raise NotImplementedError
+
+    def _ensure_unit_timer(self, unit: Any, timers: Any, now: int) -> None:
+        """A unit with rows not yet in memcached keeps a processing-time timer pending (on a coarse grid, so one
+        per unit per step): a checkpoint taken meanwhile holds it, and after a restore it rebuilds the unit
+        (replaying its rows, hence flushing them) even if the unit never sees another event."""
+        if self.timer_at.get(unit, -1) < now:
+            at = -(-(now + self.flush_ms + 1) // KEY_TIMER_GRANULARITY_MS) * KEY_TIMER_GRANULARITY_MS
+            timers.register_processing_time_timer(at)
+            self.timer_at[unit] = at
+
+    def _ensure_flush_timer(self, timers: Any, now: int) -> None:
+        """One pending flush timer for the whole operator (under whichever unit), so an idle stream still
+        flushes within the interval."""
+        if self.unflushed and self.flush_timer_at is None and self.flush_ms > 0:
+            at = max(self.next_flush, now + 1)
+            timers.register_processing_time_timer(at)
+            self.flush_timer_at = at
+
+    def _timer_fired(self, unit: Any, timestamp: int) -> None:
+        """Forget the timers a processing-time firing at ``timestamp`` (under ``unit``) has used up."""
+        if self.flush_timer_at is not None and self.flush_timer_at <= timestamp:
+            self.flush_timer_at = None
+        if self.timer_at.get(unit, timestamp + 1) <= timestamp:
+            del self.timer_at[unit]
+
+    def _after_element(self, tiles: Any, unit: Any, timers: Any) -> None:
+        """After a unit's rows were applied: flush now if the interval is 0 (and compact), else flush if due and
+        keep the unit's and the operator's timers pending."""
+        if self.flush_ms <= 0:
+            self._flush_all()
+            self._compact(tiles)
+        else:
+            now = timers.current_processing_time()
+            if now >= self.next_flush:
+                self._flush_all(now)
+            if tiles.dirty:
+                self._ensure_unit_timer(unit, timers, now)
+            self._ensure_flush_timer(timers, now)
+        self.m.maybe_write()
+
+    def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
+        _put_values(self.store, self.m, self.latency, dataset, items)
+
+
 # ---- the operators (built lazily: pyflink is only importable in the Flink environment) ------------------
 
 
@@ -522,57 +630,25 @@ def _functions() -> tuple[Any, Any]:
     from pyflink.datastream import KeyedProcessFunction, ProcessFunction, RuntimeContext
     from pyflink.datastream.state import MapStateDescriptor
 
-    class ParseFunction(ProcessFunction):
-        """JSON -> validated event -> per GroupBy (row logic) a (GroupBy index, key, projected row) record."""
-
-        def __init__(
-            self,
-            plan_json: str,
-            names: list[str],
-            indexes: list[int],
-            late_tag: Any,
-            dlq_tag: Any,
-            metrics_dir: str | None,
-        ) -> None:
-            self.plan_json = plan_json
-            self.names = names
-            self.indexes = indexes
-            self.late_tag = late_tag
-            self.dlq_tag = dlq_tag
-            self.metrics_dir = metrics_dir
-
-        def open(self, runtime_context: RuntimeContext) -> None:
-            plan = Plan.from_json(self.plan_json)
-            gbs = [plan.group_by(n) for n in self.names]
-            self.rules = BatchParser(
-                gbs, self.indexes, 1
-            )  # its per-record rules (route), one record per call
-            self.topic = gbs[0].source.topic
-            self.m = _Metrics(
-                runtime_context, f"parse-{self.topic}", list(self.rules.counts), self.metrics_dir
-            )
-            self.m.values = self.rules.counts  # the rules count into the metrics directly
-            self._profile = _start_profile()
-
-        def close(self) -> None:
-            _stop_profile(self._profile, f"parse-{self.topic}")
-            self.m.maybe_write(force=True)
+    class ParseFunction(_ParseOperator, ProcessFunction):
+        """JSON -> validated event -> per GroupBy (row logic) a (GroupBy index, key, projected row) record: the
+        parser's per-record rules (:meth:`BatchParser.route`), one record per call."""
 
         def process_element(self, raw: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-            markers = self.rules.counts["end_markers"]
+            markers = self.parser.counts["end_markers"]
             rows: list[tuple[int, str, dict[str, Any]]] = []
             dead: list[str] = []
             late: list[str] = []
             wm = ctx.timer_service().current_watermark()
-            self.rules.route(raw, ctx.timestamp(), wm if wm > LONG_MIN else None, rows, dead, late)
+            self.parser.route(raw, ctx.timestamp(), wm if wm > LONG_MIN else None, rows, dead, late)
             for d in dead:
                 yield self.dlq_tag, d
             for r in late:
                 yield self.late_tag, r
             yield from rows
-            self.m.maybe_write(force=self.rules.counts["end_markers"] > markers)
+            self.m.maybe_write(force=self.parser.counts["end_markers"] > markers)
 
-    class TileFunction(KeyedProcessFunction):
+    class TileFunction(_TileTimers, KeyedProcessFunction):
         """Per (GroupBy, entity): decoded tiles in memory (:class:`KeyTiles`); keyed state holds period values
         plus the rows applied since they were last written; dirty periods are encoded at flush time."""
 
@@ -596,7 +672,7 @@ def _functions() -> tuple[Any, Any]:
             self.evict_at: dict[str, int] = {}
             self.flush_timer_at: int | None = None  # the one pending processing-time (flush) timer, any key
             self.timer_at: dict[str, int] = {}  # the key's pending processing-time timer (see the grid)
-            self.dirty_keys: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
+            self.unflushed: dict[str, KeyTiles] = {}  # keys with periods not yet in memcached
             self.entities: dict[str, tuple[int, bytes]] = {}  # key -> (GroupBy index, encoded entity), cached
             self.next_flush = 0  # processing time (epoch ms) when the next operator-wide flush is due
             self.m = _Metrics(
@@ -624,7 +700,7 @@ def _functions() -> tuple[Any, Any]:
                     ((k, v.encode("latin-1")) for k, v in self.state.items()),
                 )
                 if kt.dirty:  # rows replayed from state (after a restore): flush them again (idempotent)
-                    self.dirty_keys[key] = kt
+                    self.unflushed[key] = kt
                 self.cache[key] = kt
                 if len(self.cache) > self.cache_max:
                     # Dropped keys are rebuilt from state (period values + pending rows); flush them first.
@@ -651,7 +727,7 @@ def _functions() -> tuple[Any, Any]:
             self.state.put(
                 rk, rv.decode("latin-1")
             )  # state = period values + rows since: restorable at any barrier
-            self.dirty_keys[key] = kt
+            self.unflushed[key] = kt
             if earliest is not None:
                 # One pending eviction timer per key (in memory; after a restore Flink has the old ones).
                 pending = self.evict_at.get(key)
@@ -660,35 +736,8 @@ def _functions() -> tuple[Any, Any]:
                     timers.register_event_time_timer(at)
                     self.evict_at[key] = at
             self.m.inc("applied")
-            if self.flush_ms <= 0:
-                self._flush_all()
-                self._compact(kt)
-            else:
-                now = timers.current_processing_time()
-                if now >= self.next_flush:
-                    self._flush_all(now)
-                if kt.dirty:
-                    self._ensure_key_timer(key, timers, now)
-                self._ensure_flush_timer(timers, now)
-            self.m.maybe_write()
+            self._after_element(kt, key, timers)
             return iter(())
-
-        def _ensure_key_timer(self, key: str, timers: Any, now: int) -> None:
-            """A key whose rows are not all in memcached keeps a processing-time timer pending (on a coarse grid,
-            so one per key per step): a checkpoint taken meanwhile holds it, and after a restore it rebuilds the
-            key (replaying its rows, hence flushing them) even if the key never sees another event."""
-            if self.timer_at.get(key, -1) < now:
-                at = -(-(now + self.flush_ms + 1) // KEY_TIMER_GRANULARITY_MS) * KEY_TIMER_GRANULARITY_MS
-                timers.register_processing_time_timer(at)
-                self.timer_at[key] = at
-
-        def _ensure_flush_timer(self, timers: Any, now: int) -> None:
-            """One pending flush timer for the whole operator (under whichever key), so an idle stream still
-            flushes within the interval."""
-            if self.dirty_keys and self.flush_timer_at is None and self.flush_ms > 0:
-                at = max(self.next_flush, now + 1)
-                timers.register_processing_time_timer(at)
-                self.flush_timer_at = at
 
         def _compact(self, kt: KeyTiles) -> None:
             """Write the current key's changed period values to state and drop its pending rows."""
@@ -702,12 +751,12 @@ def _functions() -> tuple[Any, Any]:
             """Encode every dirty period of every key (once, however many events it took) -> memcached."""
             now = int(time.time() * 1000) if now_ms is None else now_ms
             self.next_flush = now + self.flush_ms
-            if not self.dirty_keys:
+            if not self.unflushed:
                 return
             t0 = time.perf_counter()
             items: dict[str, dict[bytes, bytes]] = {}
             entities = self.entities
-            for key, kt in self.dirty_keys.items():
+            for key, kt in self.unflushed.items():
                 known = entities.get(key)
                 if known is None:
                     gi, entity = parse_flink_key(key)
@@ -717,7 +766,7 @@ def _functions() -> tuple[Any, Any]:
                 out = items.setdefault(self.datasets[gi], {})
                 for size, ps, v in kt.flush():
                     out[layout.key(ent, tile_suffix(size, ps))] = v
-            self.dirty_keys.clear()
+            self.unflushed.clear()
             for dataset, batch in items.items():
                 if batch:
                     self._put(dataset, batch)
@@ -727,9 +776,6 @@ def _functions() -> tuple[Any, Any]:
             cost_ms = (time.perf_counter() - t0) * 1000
             self.next_flush = now + max(self.flush_ms, int(cost_ms * self.flush_cost_share))
 
-        def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
-            _put_values(self.store, self.m, self.latency, dataset, items)
-
         def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
             from pyflink.datastream import TimeDomain
 
@@ -737,16 +783,13 @@ def _functions() -> tuple[Any, Any]:
             gi, _ = parse_flink_key(key)
             kt = self._tiles_of(gi, key)
             if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
-                if self.flush_timer_at is not None and self.flush_timer_at <= timestamp:
-                    self.flush_timer_at = None
-                if self.timer_at.get(key, timestamp + 1) <= timestamp:
-                    del self.timer_at[key]
+                self._timer_fired(key, timestamp)
                 timers = ctx.timer_service()
                 now = timers.current_processing_time()
                 if now >= self.next_flush:
                     self._flush_all(now)
                 if kt.dirty:
-                    self._ensure_key_timer(key, timers, now)  # flushed by the next operator-wide flush
+                    self._ensure_unit_timer(key, timers, now)  # flushed by the next operator-wide flush
                 elif kt.seq >= COMPACT_ROWS:
                     self._compact(kt)
                 self._ensure_flush_timer(timers, now)
@@ -786,47 +829,10 @@ def _batch_functions() -> tuple[Any, Any]:
     from pyflink.datastream import KeyedProcessFunction, ProcessFunction, RuntimeContext
     from pyflink.datastream.state import MapStateDescriptor
 
-    class ParseBatchFunction(ProcessFunction):
-        """A micro-batch of raw records -> per hash bucket one ``(bucket, watermark, subtask, rows)`` element."""
+    class ParseBatchFunction(_ParseOperator, ProcessFunction):
+        """A micro-batch of raw records -> per hash bucket one ``(bucket, watermark, source, rows)`` element."""
 
-        def __init__(
-            self,
-            plan_json: str,
-            names: list[str],
-            indexes: list[int],
-            buckets: int,
-            source: int,
-            late_tag: Any,
-            dlq_tag: Any,
-            metrics_dir: str | None,
-        ) -> None:
-            self.plan_json = plan_json
-            self.names = names
-            self.indexes = indexes
-            self.buckets = buckets
-            self.source = source
-            self.late_tag = late_tag
-            self.dlq_tag = dlq_tag
-            self.metrics_dir = metrics_dir
-
-        def open(self, runtime_context: RuntimeContext) -> None:
-            plan = Plan.from_json(self.plan_json)
-            gbs = [plan.group_by(n) for n in self.names]
-            self.parser = BatchParser(gbs, self.indexes, self.buckets)
-            self.topic = gbs[0].source.topic
-            self.m = _Metrics(
-                runtime_context,
-                f"parse-{self.topic}",
-                [*self.parser.counts, "batches"],
-                self.metrics_dir,
-            )
-            self.m.values = self.parser.counts  # the parser counts into the metrics directly
-            self.m.values.setdefault("batches", 0)
-            self._profile = _start_profile()
-
-        def close(self) -> None:
-            _stop_profile(self._profile, f"parse-{self.topic}")
-            self.m.maybe_write(force=True)
+        extra_counts = ("batches",)
 
         def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
             markers = self.parser.counts["end_markers"]
@@ -841,9 +847,10 @@ def _batch_functions() -> tuple[Any, Any]:
                 yield b, wm, source, rows
             self.m.maybe_write(force=self.parser.counts["end_markers"] > markers)
 
-    class BucketTileFunction(KeyedProcessFunction):
-        """Per hash bucket: its keys' tiles in memory (:class:`BucketTiles`); keyed state holds each key's period
-        values as of the bucket's last compaction plus the batches applied since."""
+    class BucketTileFunction(_TileTimers, KeyedProcessFunction):
+        """Per hash bucket: its keys' tiles in memory (:class:`BucketTiles`); keyed state holds the keys' period
+        values as of the bucket's last compaction (an entry each, and an index per key) plus the batches applied
+        since."""
 
         def __init__(self, plan_json: str, names: list[str], settings: dict[str, Any]) -> None:
             self.plan_json = plan_json
@@ -869,7 +876,7 @@ def _batch_functions() -> tuple[Any, Any]:
             )
             self.buckets: dict[int, BucketTiles] = {}
             self.fresh: dict[int, bool] = {}  # bucket -> its state held no key when loaded (no lookups)
-            self.dirty_buckets: dict[int, BucketTiles] = {}
+            self.unflushed: dict[int, BucketTiles] = {}
             self.flush_timer_at: int | None = None
             self.timer_at: dict[int, int] = {}
             self.entities: dict[str, bytes] = {}  # key -> encoded entity
@@ -900,9 +907,16 @@ def _batch_functions() -> tuple[Any, Any]:
             self.m.maybe_write(force=True)
             self.store.close()
 
-        def _load_key(self, key: str) -> bytes | None:
-            v = self.values.get(key)
+        def _state_value(self, entry: str) -> bytes | None:
+            """One entry of the bucket's ``period-values`` (a key's index or one of its period values)."""
+            v = self.values.get(entry)
             return None if v is None else v.encode("latin-1")
+
+        def _write_state(self, puts: dict[str, bytes], removes: Iterable[str]) -> None:
+            for entry, v in puts.items():
+                self.values.put(entry, v.decode("latin-1"))
+            for entry in removes:
+                self.values.remove(entry)
 
         def _bucket(self, b: int) -> BucketTiles:
             """The bucket's tiles (current key = ``b``); the first touch since open() replays its batches."""
@@ -921,11 +935,11 @@ def _batch_functions() -> tuple[Any, Any]:
                 bt = self.buckets[b] = BucketTiles(self.codecs, self.retention)
                 n = bt.replay(
                     [(k, v.encode("latin-1")) for k, v in self.pending.items()],
-                    None if self.fresh[b] else self._load_key,
+                    None if self.fresh[b] else self._state_value,
                 )
                 if n:  # rows replayed from state (after a restore): flush them again (idempotent)
                     self.m.inc("replayed", n)
-                    self.dirty_buckets[b] = bt
+                    self.unflushed[b] = bt
             return bt
 
         def _safe_watermark(self) -> int | None:
@@ -952,22 +966,12 @@ def _batch_functions() -> tuple[Any, Any]:
             if rows:
                 if bt.pending_rows >= self.compact_rows and not bt.dirty:
                     self._compact(bt)  # every row so far has been flushed: key values may go to state
-                k, v = bt.apply(rows, None if self.fresh[b] else self._load_key)
+                k, v = bt.apply(rows, None if self.fresh[b] else self._state_value)
                 self.pending.put(k, v.decode("latin-1"))  # state = key values + batches since: restorable
-                self.dirty_buckets[b] = bt
+                self.unflushed[b] = bt
                 self.m.inc("applied", len(rows))
             self._maybe_evict(bt)
-            if self.flush_ms <= 0:
-                self._flush_all()
-                self._compact(bt)
-            else:
-                now = timers.current_processing_time()
-                if now >= self.next_flush:
-                    self._flush_all(now)
-                if bt.dirty:
-                    self._ensure_bucket_timer(b, timers, now)
-                self._ensure_flush_timer(timers, now)
-            self.m.maybe_write()
+            self._after_element(bt, b, timers)
             return iter(())
 
         def _maybe_evict(self, bt: BucketTiles) -> None:
@@ -979,36 +983,17 @@ def _batch_functions() -> tuple[Any, Any]:
                 self._flush_all()
             self._compact(bt)
             puts, removes, dropped = bt.expire(safe)
-            for key, v in puts.items():
-                self.values.put(key, v.decode("latin-1"))
-            for key in removes:
-                self.values.remove(key)
-                self.entities.pop(key, None)
+            self._write_state(puts, removes)
+            for entry in removes:
+                self.entities.pop(entry, None)  # (a key gone from state: its encoded entity too)
             if dropped:
                 self.m.inc("periods_evicted", dropped)
 
-        def _ensure_bucket_timer(self, b: int, timers: Any, now: int) -> None:
-            """A bucket with rows not yet in memcached keeps a processing-time timer pending (on a coarse grid): a
-            checkpoint taken meanwhile holds it, and after a restore it rebuilds the bucket (replaying its
-            batches, hence flushing them) even if the bucket never gets another batch."""
-            if self.timer_at.get(b, -1) < now:
-                at = -(-(now + self.flush_ms + 1) // KEY_TIMER_GRANULARITY_MS) * KEY_TIMER_GRANULARITY_MS
-                timers.register_processing_time_timer(at)
-                self.timer_at[b] = at
-
-        def _ensure_flush_timer(self, timers: Any, now: int) -> None:
-            if self.dirty_buckets and self.flush_timer_at is None and self.flush_ms > 0:
-                at = max(self.next_flush, now + 1)
-                timers.register_processing_time_timer(at)
-                self.flush_timer_at = at
-
         def _compact(self, bt: BucketTiles) -> None:
-            """Write the current bucket's changed key values to state and drop its pending batches."""
+            """Write the current bucket's period values changed since its last compaction (and new key indexes)
+            to state and drop its pending batches."""
             puts, removes, pending = bt.compact()
-            for key, v in puts.items():
-                self.values.put(key, v.decode("latin-1"))
-            for key in removes:
-                self.values.remove(key)
+            self._write_state(puts, removes)
             for k in pending:
                 self.pending.remove(k)
             self.m.inc("compactions")
@@ -1017,12 +1002,12 @@ def _batch_functions() -> tuple[Any, Any]:
             """Encode every changed period of every bucket (once, however many rows it took) -> memcached."""
             now = int(time.time() * 1000) if now_ms is None else now_ms
             self.next_flush = now + self.flush_ms
-            if not self.dirty_buckets:
+            if not self.unflushed:
                 return
             t0 = time.perf_counter()
             items: dict[str, dict[bytes, bytes]] = {}
             entities = self.entities
-            for bt in self.dirty_buckets.values():
+            for bt in self.unflushed.values():
                 for gi, key, size, ps, v in bt.flush():
                     ent = entities.get(key)
                     if ent is None:
@@ -1031,7 +1016,7 @@ def _batch_functions() -> tuple[Any, Any]:
                     if out is None:
                         out = items[self.datasets[gi]] = {}
                     out[self.layouts[gi].key(ent, tile_suffix(size, ps))] = v
-            self.dirty_buckets.clear()
+            self.unflushed.clear()
             for dataset, batch in items.items():
                 if batch:
                     self._put(dataset, batch)
@@ -1042,22 +1027,16 @@ def _batch_functions() -> tuple[Any, Any]:
             self.flush_cost_ms += FLUSH_COST_SMOOTHING * (cost_ms - self.flush_cost_ms)
             self.next_flush = now + max(self.flush_ms, int(self.flush_cost_ms * self.flush_cost_share))
 
-        def _put(self, dataset: str, items: dict[bytes, bytes]) -> None:
-            _put_values(self.store, self.m, self.latency, dataset, items)
-
         def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
             b = ctx.get_current_key()
             bt = self._bucket(b)
-            if self.flush_timer_at is not None and self.flush_timer_at <= timestamp:
-                self.flush_timer_at = None
-            if self.timer_at.get(b, timestamp + 1) <= timestamp:
-                del self.timer_at[b]
+            self._timer_fired(b, timestamp)
             timers = ctx.timer_service()
             now = timers.current_processing_time()
             if now >= self.next_flush:
                 self._flush_all(now)
             if bt.dirty:
-                self._ensure_bucket_timer(b, timers, now)
+                self._ensure_unit_timer(b, timers, now)
             elif bt.pending_rows >= self.compact_rows:
                 self._compact(bt)
             self._maybe_evict(bt)
@@ -1263,11 +1242,11 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
                 plan_json,
                 [gbs[i].name for i in idx],
                 idx,
-                settings.buckets,
-                ti,
                 late_tag,
                 dlq_tag,
                 metrics_dir,
+                buckets=settings.buckets,
+                source=ti,
             )
             parsed = batches.process(parse_fn, output_type=Types.PICKLED_BYTE_ARRAY()).uid(f"parse-{topic}")
             batches.uid(f"batch-{topic}")

@@ -562,9 +562,8 @@ class KeyTiles:
     def _expiries(self) -> list[tuple[int, str]]:
         h = self.expiries
         if h is None:
-            codec, retention = self.codec, self.retention
             h = self.expiries = [
-                (e.period_start + codec.period_of[e.size] + retention[e.size], pk)
+                (expiry_ms(self.codec, self.retention, e.size, e.period_start), pk)
                 for pk, e in self.entries.items()
             ]
             heapq.heapify(h)
@@ -727,7 +726,7 @@ class BucketTiles:
         self.pending_rows += n
         return n
 
-    def apply(self, rows: list[BucketRow], load: Any = None) -> tuple[str, bytes]:
+    def apply(self, rows: Sequence[BucketRow], load: Any = None) -> tuple[str, bytes]:
         """Fold a batch of on-time rows; returns the pending-batch entry to put into state."""
         self._fold(rows, load)
         k = str(self.seq)
