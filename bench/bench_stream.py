@@ -91,6 +91,8 @@ def job_args(args: argparse.Namespace) -> list[str]:
         out += ["--full-gc-s", str(args.full_gc_s)]
     if args.compact_rows is not None:
         out += ["--compact-rows", str(args.compact_rows)]
+    if args.open_tile_lead_ms is not None:
+        out += ["--open-tile-lead-ms", str(args.open_tile_lead_ms)]
     return out
 
 
@@ -307,7 +309,9 @@ def freshness(args: argparse.Namespace, bootstrap: str, servers: list[str], work
     smallest = gb.stream.levels[0]
     key_col = gb.keys[0]
     templates = generate(seed=3, days=1, events_per_day=5_000, late_fraction=0.0).payments.to_pylist()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1, key_serializer=str.encode)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=args.linger_ms, acks=1, key_serializer=str.encode
+    )
     poller = Poller(store, gb.stream.dataset)
     poller.start()
     seq = 0
@@ -394,6 +398,7 @@ def settings_line(args: argparse.Namespace) -> str:
         + ("" if args.flush_cost_share is None else f", flush cost share {args.flush_cost_share:g}")
         + ("" if args.full_gc_s is None else f", full GC every {args.full_gc_s:g} s")
         + ("" if args.compact_rows is None else f", compaction every {args.compact_rows} rows")
+        + ("" if args.open_tile_lead_ms is None else f", open-tile lead {args.open_tile_lead_ms} ms")
         + ", checkpoints off, 1 memcached node"
     )
 
@@ -448,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="300,1000,3000")
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--probe-every", type=int, default=10)
+    p.add_argument("--linger-ms", type=int, default=5, help="the load generator's producer linger.ms")
     p.add_argument("--backlog", type=int, default=30_000)
     p.add_argument(
         "--backlog-time",
@@ -463,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--flush-cost-share", type=float, default=None, help="the job's (default: its own)")
     p.add_argument("--compact-rows", type=int, default=None, help="the job's (default: its own)")
+    p.add_argument(
+        "--open-tile-lead-ms",
+        type=int,
+        default=None,
+        help="the job's (default: its own; negative: no deferral)",
+    )
     p.add_argument(
         "--full-gc-s", type=float, default=None, help="the job's (default: its own; 0: Python's GC)"
     )

@@ -36,6 +36,7 @@ from flink_jobs.job import (  # noqa: E402
     COMPACT_BUCKET_ROWS,
     EVICT_GRANULARITY_MS,
     FULL_GC_S,
+    OPEN_TILE_LEAD_MS,
     BatchParser,
     batch_record,
 )
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compact-rows", type=int, default=COMPACT_BUCKET_ROWS, help="the job's --compact-rows")
     ap.add_argument(
         "--evict", action=argparse.BooleanOptionalAction, default=True, help="evict as the job does"
+    )
+    ap.add_argument(
+        "--open-tile-lead-ms",
+        type=int,
+        default=OPEN_TILE_LEAD_MS,
+        help="the job's (flushes defer open tiles of larger levels; negative: every flush writes them)",
     )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
@@ -80,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{gb.name}: {len(records)} events, {len(batches)} batches of {a.batch}, flush every {a.flush_every}"
     )
 
+    def horizon(floor: int | None) -> int | None:
+        """As the job's: now (or the watermark, if ahead) + the lead."""
+        if a.open_tile_lead_ms < 0:
+            return None
+        return max(int(time.time() * 1000), floor or 0) + a.open_tile_lead_ms
+
     def one_round() -> dict[str, float]:
         parser = BatchParser([gb], [0], 1)
         bt = BucketTiles([StateCodec(gb)], [retention_of(gb)])
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     assert floor is not None
                     t5 = clock()
                     if bt.dirty:
-                        bt.flush()
+                        bt.flush(horizon(floor))
                     bt.compact()
                     bt.expire(floor)
                     evicting += clock() - t5
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             spent["evict"] += evicting
             if (i + 1) % a.flush_every == 0 or i == len(batches) - 1:
                 t3 = clock()
-                bt.flush()
+                bt.flush(horizon(floor))
                 spent["flush"] += clock() - t3
         return {k: v / len(records) * 1e6 for k, v in spent.items()}
 

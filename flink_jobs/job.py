@@ -123,6 +123,11 @@ COMPACT_BUCKET_ROWS = 1_000
 BATCH_MS = 5
 BATCH_MAX_RECORDS = 1000
 BUCKETS = 1
+#: Batch path: a changed tile of a level above the smallest is written once it is within this many ms of its end
+#: (fetches read such tiles only once complete; see flink_jobs.tiling.KeyTiles.flush), not at every flush while
+#: open (``--open-tile-lead-ms``; negative: at every flush). It must exceed the flush interval plus any clock skew
+#: between the job and the fetchers: a fetch at the end of a tile then finds it as fresh as without deferral.
+OPEN_TILE_LEAD_MS = 2_000
 #: Batch path: the bucket count, kept in every bucket's ``period-values`` (a Flink key starts with a digit: no clash), so
 #: that a restore with another ``--buckets`` fails instead of rebuilding keys from nothing.
 BUCKETS_STATE_KEY = "#buckets"
@@ -165,6 +170,7 @@ class JobSettings:
     batch_max_records: int = BATCH_MAX_RECORDS
     compact_rows: int = COMPACT_BUCKET_ROWS
     buckets: int = BUCKETS
+    open_tile_lead_ms: int = OPEN_TILE_LEAD_MS
 
 
 # ---- validation (pure) -----------------------------------------------------------------------------------
@@ -588,11 +594,21 @@ class _TileTimers:
             timers.register_processing_time_timer(at)
             self.timer_at[unit] = at
 
+    def _deferred_due(self) -> int | None:
+        """Processing time when a value a flush deferred is due (``None``: nothing deferred)."""
+        return None
+
     def _ensure_flush_timer(self, timers: Any, now: int) -> None:
         """One pending flush timer for the whole operator (under whichever unit), so an idle stream still
-        flushes within the interval."""
-        if self.unflushed and self.flush_timer_at is None and self.flush_ms > 0:
+        flushes within the interval, and deferred values are written when due."""
+        if self.unflushed and self.flush_ms > 0:
             at = max(self.next_flush, now + 1)
+        else:
+            due = self._deferred_due()
+            if due is None:
+                return
+            at = max(due, self.next_flush, now + 1)
+        if self.flush_timer_at is None or at < self.flush_timer_at:
             timers.register_processing_time_timer(at)
             self.flush_timer_at = at
 
@@ -864,7 +880,8 @@ def _batch_functions() -> tuple[Any, Any]:
             _tile_operator_setup(self, MemcachedStore)
             self.time_cols = [c.time_col for c in self.codecs]
             self.compact_rows = int(s.get("compact_rows", COMPACT_BUCKET_ROWS))
-            self.flush_cost_ms = 0.0  # smoothed duration of a flush (FLUSH_COST_SMOOTHING)
+            self.open_lead_ms = int(s.get("open_tile_lead_ms", OPEN_TILE_LEAD_MS))
+            self.flush_cost_ms = 0.0  # smoothed CPU time of a flush (FLUSH_COST_SMOOTHING)
             self.upstreams = int(s.get("upstreams", 1))
             self.n_buckets = int(s.get("buckets", BUCKETS))
             # Strings (latin-1) rather than byte arrays: one JVM call per value (see TileFunction).
@@ -873,6 +890,11 @@ def _batch_functions() -> tuple[Any, Any]:
             )
             self.pending = runtime_context.get_map_state(
                 MapStateDescriptor("pending-batches", Types.STRING(), Types.STRING())
+            )
+            # The keys whose period values in state memcached may lack (deferred at the last compaction): key ->
+            # GroupBy index; a restore writes their values again (BucketTiles.restore_deferred).
+            self.deferred_keys = runtime_context.get_map_state(
+                MapStateDescriptor("deferred-keys", Types.STRING(), Types.STRING())
             )
             self.buckets: dict[int, BucketTiles] = {}
             self.fresh: dict[int, bool] = {}  # bucket -> its state held no key when loaded (no lookups)
@@ -903,7 +925,7 @@ def _batch_functions() -> tuple[Any, Any]:
 
         def close(self) -> None:
             _stop_profile(self._profile, "tiles")
-            self._flush_all()
+            self._flush_all(force=True)
             self.m.maybe_write(force=True)
             self.store.close()
 
@@ -939,6 +961,10 @@ def _batch_functions() -> tuple[Any, Any]:
                 )
                 if n:  # rows replayed from state (after a restore): flush them again (idempotent)
                     self.m.inc("replayed", n)
+                    self.unflushed[b] = bt
+                if not self.fresh[b] and bt.restore_deferred(
+                    [(k, int(v)) for k, v in self.deferred_keys.items()], self._state_value
+                ):
                     self.unflushed[b] = bt
             return bt
 
@@ -996,19 +1022,40 @@ def _batch_functions() -> tuple[Any, Any]:
             self._write_state(puts, removes)
             for k in pending:
                 self.pending.remove(k)
+            listed, unlisted = bt.deferred_changes()
+            for key, gi in listed:
+                self.deferred_keys.put(key, str(gi))
+            for key in unlisted:
+                self.deferred_keys.remove(key)
             self.m.inc("compactions")
 
-        def _flush_all(self, now_ms: int | None = None) -> None:
-            """Encode every changed period of every bucket (once, however many rows it took) -> memcached."""
+        def _deferred_due(self) -> int | None:
+            if self.open_lead_ms < 0:
+                return None
+            dues = [d for d in (bt.next_due() for bt in self.buckets.values()) if d is not None]
+            return min(dues) - self.open_lead_ms if dues else None
+
+        def _flush_all(self, now_ms: int | None = None, force: bool = False) -> None:
+            """Encode every changed period of every bucket that is due (once, however many rows it took) ->
+            memcached; ``force``: every changed period (open tiles too, see OPEN_TILE_LEAD_MS)."""
             now = int(time.time() * 1000) if now_ms is None else now_ms
             self.next_flush = now + self.flush_ms
-            if not self.unflushed:
+            horizon = None
+            if not force and self.open_lead_ms >= 0:
+                # Event time may run ahead of this clock (a producer's): tiles up to the watermark are due too.
+                horizon = max(now, self._safe_watermark() or LONG_MIN) + self.open_lead_ms
+            visit = dict(self.unflushed)
+            for b, bt in self.buckets.items():
+                due = bt.next_due()
+                if due is not None and (horizon is None or due <= horizon):
+                    visit[b] = bt
+            if not visit:
                 return
-            t0 = time.perf_counter()
+            c0 = time.thread_time()
             items: dict[str, dict[bytes, bytes]] = {}
             entities = self.entities
-            for bt in self.unflushed.values():
-                for gi, key, size, ps, v in bt.flush():
+            for bt in visit.values():
+                for gi, key, size, ps, v in bt.flush(horizon):
                     ent = entities.get(key)
                     if ent is None:
                         ent = entities[key] = encode_entity(list(parse_flink_key(key)[1]))
@@ -1020,10 +1067,12 @@ def _batch_functions() -> tuple[Any, Any]:
             for dataset, batch in items.items():
                 if batch:
                     self._put(dataset, batch)
-            # As in the per-element path, under load flushes are spaced to FLUSH_COST_SHARE x their cost, but
-            # of a smoothed cost: one flush that a starved CPU stretched (seen: 137 ms against a 2-3 ms median
-            # at 1,000 events/s) must not hold the next one back for twice that - it made the freshness tail.
-            cost_ms = (time.perf_counter() - t0) * 1000
+            # As in the per-element path, under load flushes are spaced to FLUSH_COST_SHARE x their cost, but of
+            # the CPU they cost this thread (smoothed), not their wall time: on busy cores (the broker and a load
+            # generator on the same 2 cores, the parse thread holding the GIL) a flush's wall time was 2-5x its CPU
+            # (seen: 36 ms for 7 ms of work at 1,000 events/s of `card`), and spacing by it delayed every next flush
+            # by that starvation - it made the freshness tail. One stretched flush must not hold the next one back.
+            cost_ms = (time.thread_time() - c0) * 1000
             self.flush_cost_ms += FLUSH_COST_SMOOTHING * (cost_ms - self.flush_cost_ms)
             self.next_flush = now + max(self.flush_ms, int(self.flush_cost_ms * self.flush_cost_share))
 
@@ -1270,6 +1319,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "upstreams": len(by_topic),
         "buckets": settings.buckets,
         "compact_rows": settings.compact_rows,
+        "open_tile_lead_ms": settings.open_tile_lead_ms,
     }
     if batched:
         keyed = merged.key_by(lambda r: r[0], key_type=Types.INT())
@@ -1348,6 +1398,12 @@ def _parser() -> argparse.ArgumentParser:
         default=COMPACT_BUCKET_ROWS,
         help="a bucket's pending rows before its key values are rewritten (restore replays at most this many)",
     )
+    p.add_argument(
+        "--open-tile-lead-ms",
+        type=int,
+        default=OPEN_TILE_LEAD_MS,
+        help="write an open tile of a larger level this long before it ends (negative: at every flush)",
+    )
     return p
 
 
@@ -1385,6 +1441,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_max_records=args.batch_max_records,
         compact_rows=args.compact_rows,
         buckets=args.buckets,
+        open_tile_lead_ms=args.open_tile_lead_ms,
     )
     print(
         f"tessera stream: {', '.join(gb.name for gb in gbs)} from "

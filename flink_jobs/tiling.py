@@ -33,6 +33,9 @@ from features.tiles import TILES_FORMAT, StateCodec, Tile, TileKey
 from features.windows import align
 from flink_jobs import jsonio
 
+#: The due time of a dirty period of the smallest level: always (see :meth:`KeyTiles.flush`).
+ALWAYS_DUE = -(2**63)
+
 #: Flushed values: ``(entity parts, size, period start) -> encoded period value``.
 FlushKey = tuple[tuple[Any, ...], int, int]
 
@@ -450,7 +453,9 @@ class KeyTiles:
         self.codec = codec
         self.retention = retention
         self.entries: dict[str, PeriodEntry] = {}
-        self.dirty: set[str] = set()  # changed since the last flush (memcached)
+        # changed since the last flush (memcached): period key -> the earliest end of its changed tiles, or
+        # ALWAYS_DUE for the smallest level (see flush())
+        self.dirty: dict[str, int] = {}
         self.uncompacted: set[str] = set()  # changed since the last compaction (period values in state)
         self.seq = 0  # pending rows in state: r:0 .. r:seq-1
         self.stored: set[str] = set()  # batch path: the periods the key's state entries hold
@@ -489,9 +494,13 @@ class KeyTiles:
         earliest: int | None = None
         prev: list[Any] | None = None  # the previous (smaller) level's tile, after this row
         prev_old: Any = None  # the IR list that tile held before this row (None: it is new)
+        dirty = self.dirty
+        smallest = codec.sizes[0] if codec.sizes else 0
         for size in codec.sizes:
             period = codec.period_of[size]
             start = ts - ts % size
+            # When the value is due (flush()): the smallest level's always, a larger level's when the tile ends.
+            end = ALWAYS_DUE if size == smallest else start + size
             ps = align(start, period)
             pk = period_state_key(size, ps)
             entry = self.entries.get(pk)
@@ -529,7 +538,9 @@ class KeyTiles:
             tile[2] = tile[5] = None
             entry.encoded = None
             prev, prev_old = tile, old
-            self.dirty.add(pk)
+            due = dirty.get(pk)
+            if due is None or end < due:
+                dirty[pk] = end
             self.uncompacted.add(pk)
         return earliest
 
@@ -541,15 +552,38 @@ class KeyTiles:
         self.seq += 1
         return k, encode_row(row), earliest
 
-    def flush(self) -> list[tuple[int, int, bytes]]:
-        """``(size, period start, value)`` of every dirty period (encoded now); clears the dirty set."""
+    def flush(self, horizon_ms: int | None = None) -> list[tuple[int, int, bytes]]:
+        """``(size, period start, value)`` of every dirty period that is due (encoded now); it is no longer dirty.
+
+        ``horizon_ms=None``: every dirty period. Otherwise a period of the smallest level is always due, and one of a
+        larger level only once one of its changed tiles ends at or before ``horizon_ms``: a fetch reads a larger
+        level's tile only when the tile is complete (:func:`features.windows.cover` takes tiles that end by the query
+        time; the open end is the smallest tile), so an open tile's value is written when it is about to end, not at
+        every change (the caller's horizon is *now + a lead*; a hot key's hour and day tiles are written once near
+        their end instead of at every flush). Deferred periods stay dirty (see :meth:`next_due`)."""
         out = []
-        for pk in self.dirty:
-            e = self.entries.get(pk)
+        entries = self.entries
+        if horizon_ms is None:
+            due = list(self.dirty)
+            self.dirty.clear()
+        else:
+            due = [pk for pk, end in self.dirty.items() if end <= horizon_ms]
+            for pk in due:
+                del self.dirty[pk]
+        for pk in due:
+            e = entries.get(pk)
             if e is not None:
                 out.append((e.size, e.period_start, e.value(self.codec)))
-        self.dirty.clear()
         return out
+
+    def next_due(self) -> int | None:
+        """The earliest end of a changed tile among the deferred (dirty) periods; ``None`` if none is dirty."""
+        return min(self.dirty.values()) if self.dirty else None
+
+    def mark_all_dirty(self) -> None:
+        """Every period due at the next flush (after a restore: values a deferral may have kept from memcached)."""
+        for pk in self.entries:
+            self.dirty[pk] = ALWAYS_DUE
 
     def compact(self) -> tuple[dict[str, bytes], list[str]]:
         """Period values to put and pending-row keys to remove so state holds no rows; resets both."""
@@ -582,7 +616,7 @@ class KeyTiles:
         while h and h[0][0] <= watermark_ms:
             _, pk = heapq.heappop(h)
             if self.entries.pop(pk, None) is not None:
-                self.dirty.discard(pk)
+                self.dirty.pop(pk, None)
                 self.uncompacted.discard(pk)
                 gone.append(pk)
         return gone
@@ -664,13 +698,17 @@ class BucketTiles:
     rebuilds the bucket from its pending batches (keys are loaded from their state values through ``load``).
     So a checkpoint barrier, which can only fall between two batches, always finds a restorable state.
 
-    Compaction is allowed only when nothing is unflushed (:attr:`dirty` empty): a compacted value is then already
-    in memcached, which a restore relies on (it re-flushes only what it replays). Eviction (:meth:`expire`) needs
-    a compacted bucket too (a replayed batch would bring an evicted period back).
+    Compaction is allowed only when nothing is due (:attr:`dirty` empty): a compacted value is then in memcached
+    unless a flush deferred it (an open tile of a larger level, :meth:`KeyTiles.flush`). A restore re-flushes what
+    it replays and, through :meth:`restore_deferred`, the keys that were deferred at the last compaction
+    (:meth:`deferred_changes` keeps that list in state). Eviction (:meth:`expire`) needs a compacted bucket too (a
+    replayed batch would bring an evicted period back).
     """
 
     __slots__ = (
         "codecs",
+        "deferred",
+        "deferred_at",
         "dirty",
         "expiry",
         "keys",
@@ -678,6 +716,7 @@ class BucketTiles:
         "retentions",
         "scheduled",
         "seq",
+        "stored_deferred",
         "uncompacted",
     )
 
@@ -691,6 +730,11 @@ class BucketTiles:
         self.pending_rows = 0
         self.expiry: list[tuple[int, str]] = []  # heap: (a key's earliest expiry, key); stale entries skipped
         self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
+        # keys whose unwritten periods were all deferred by a flush: heap of (due, key) (stale entries skipped) and
+        # key -> (due, GroupBy index); the keys the state's deferred list holds (as of the last compaction)
+        self.deferred: list[tuple[int, str]] = []
+        self.deferred_at: dict[str, tuple[int, int]] = {}
+        self.stored_deferred: set[str] = set()
 
     def tiles(self, gi: int, key: str, load: Any = None) -> KeyTiles:
         """The key's tiles; a key not in memory is loaded through ``load(state entry)`` (its index, then its
@@ -743,17 +787,76 @@ class BucketTiles:
         self.seq = batches[-1][0] + 1 if batches else 0
         return n
 
-    def flush(self) -> list[tuple[int, str, int, int, bytes]]:
-        """``(GroupBy index, key, size, period start, value)`` of every period changed since the last flush."""
+    def flush(self, horizon_ms: int | None = None) -> list[tuple[int, str, int, int, bytes]]:
+        """``(GroupBy index, key, size, period start, value)`` of every period changed since it was last written
+        that is due at ``horizon_ms`` (:meth:`KeyTiles.flush`; ``None``: all of them). Keys left with deferred
+        periods only wait in a heap until their earliest is due: a flush visits the keys changed since the last
+        one and those come due, never every deferred key."""
         out = []
         keys = self.keys
-        for key, gi in self.dirty.items():
+        visit = self.dirty
+        heap, at = self.deferred, self.deferred_at
+        if horizon_ms is None:
+            for key, (_, gi) in at.items():
+                visit.setdefault(key, gi)
+            at.clear()
+            heap.clear()
+        else:
+            while heap and heap[0][0] <= horizon_ms:
+                due, key = heapq.heappop(heap)
+                cur = at.get(key)
+                if cur is not None and cur[0] == due:
+                    del at[key]
+                    visit.setdefault(key, cur[1])
+        for key, gi in visit.items():
             kt = keys.get(key)
-            if kt is not None:
-                for size, ps, v in kt.flush():
-                    out.append((gi, key, size, ps, v))
-        self.dirty.clear()
+            if kt is None:
+                continue
+            for size, ps, v in kt.flush(horizon_ms):
+                out.append((gi, key, size, ps, v))
+            if kt.dirty:
+                due = min(kt.dirty.values())
+                cur = at.get(key)
+                if cur is None or due < cur[0]:
+                    at[key] = (due, gi)
+                    heapq.heappush(heap, (due, key))
+            elif key in at:
+                del at[key]
+        self.dirty = {}
         return out
+
+    def next_due(self) -> int | None:
+        """The earliest tile end a deferred period waits for (``None``: nothing deferred)."""
+        heap, at = self.deferred, self.deferred_at
+        while heap:
+            due, key = heap[0]
+            cur = at.get(key)
+            if cur is not None and cur[0] == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def deferred_changes(self) -> tuple[list[tuple[str, int]], list[str]]:
+        """At a compaction: the keys to add to the state's deferred list (with their GroupBy index) and those to
+        remove, so that it names every key with a period value in state that memcached may not have yet."""
+        at = self.deferred_at
+        puts = [(key, gi) for key, (_, gi) in at.items() if key not in self.stored_deferred]
+        removes = [key for key in self.stored_deferred if key not in at]
+        self.stored_deferred = set(at)
+        return puts, removes
+
+    def restore_deferred(self, listed: Iterable[tuple[str, int]], load: Any = None) -> int:
+        """After a restore: every period of the keys the state's deferred list names (``(key, GroupBy index)``) is
+        due at the next flush (the same bytes again where memcached had them). Returns the keys."""
+        n = 0
+        for key, gi in listed:
+            kt = self.tiles(gi, key, load)
+            kt.mark_all_dirty()
+            if kt.dirty:
+                self.dirty[key] = gi
+            self.stored_deferred.add(key)
+            n += 1
+        return n
 
     def compact(self) -> tuple[dict[str, bytes], list[str], list[str]]:
         """``(state entries to put, entries to remove, pending batches to remove)`` so that state holds no batch;
@@ -831,6 +934,7 @@ class BucketTiles:
                     self._schedule(key, nxt)
             else:
                 del self.keys[key]
+                self.deferred_at.pop(key, None)
                 puts.pop(key, None)
                 removes.add(key)
         return puts, sorted(removes), dropped

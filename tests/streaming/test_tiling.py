@@ -7,6 +7,7 @@ memcached (last write wins), and a fetch at the stream's end reads them back wit
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 from typing import Any
@@ -327,13 +328,18 @@ def test_key_tiles_flush_at_flush_time_and_restore_from_any_checkpoint(
             assert e.value(codec) == expected[(ent, e.size, e.period_start)]
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["every-flush", "deferred-open-tiles"])
 def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
-    plan: Any, payments: list[dict[str, Any]]
+    plan: Any, payments: list[dict[str, Any]], defer: bool
 ) -> None:
     """The batch path's per-bucket form (:class:`BucketTiles`): two GroupBys' keys hashed into a few buckets, rows
     applied a batch at a time, state = key values + pending batches, eviction on the watermark carried by the
     batches. Barriers fall between batches; crashes restore a checkpoint and replay from its offset. Every period
-    value written equals the in-memory Tiler's, byte for byte, and eviction really drops periods."""
+    value written equals the in-memory Tiler's, byte for byte, and eviction really drops periods.
+
+    ``deferred-open-tiles``: flushes defer open tiles of the larger levels (horizon = the stream's time + a lead,
+    as the job's), compactions keep the list of deferred keys in state, and a restore writes their values again:
+    a crash must not leave a deferred value out of memcached."""
     from flink_jobs.job import EVICT_GRANULARITY_MS, bucket_of, flink_key, parse_flink_key
     from flink_jobs.tiling import PERIOD_SEP, BucketTiles, entity_of, period_entry_key, retention_of
 
@@ -351,33 +357,42 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     n_buckets = 3
     rng = random.Random(7)
     # bucket -> (key values, pending batches): the keyed MapStates
-    state: dict[int, tuple[dict[str, bytes], dict[str, bytes]]] = {b: ({}, {}) for b in range(n_buckets)}
+    # bucket -> (key values, pending batches, deferred keys): the keyed MapStates
+    State = dict[int, tuple[dict[str, bytes], dict[str, bytes], dict[str, int]]]
+    state: State = {b: ({}, {}, {}) for b in range(n_buckets)}
     memory: dict[int, BucketTiles] = {}
     store: dict[tuple[Any, ...], bytes] = {}
-    checkpoint: tuple[int, Any] = (0, {b: ({}, {}) for b in range(n_buckets)})
-    crashes = dropped = compactions = replayed = 0
+    checkpoint: tuple[int, State] = (0, {b: ({}, {}, {}) for b in range(n_buckets)})
+    crashes = dropped = compactions = replayed = deferred_restored = 0
+    lead = 2_000
 
     def bucket(b: int) -> BucketTiles:
-        nonlocal replayed
+        nonlocal replayed, deferred_restored
         if b not in memory:
             bt = memory[b] = BucketTiles(codecs, retentions)
             replayed += bt.replay(list(state[b][1].items()), state[b][0].get)
+            deferred_restored += bt.restore_deferred(list(state[b][2].items()), state[b][0].get)
         return memory[b]
 
-    def flush_all() -> None:
+    def flush_all(final: bool = False) -> None:
+        horizon = None if final or not defer or wm is None else wm + lead
         for bt in memory.values():
-            for gi, key, size, ps, v in bt.flush():
+            for gi, key, size, ps, v in bt.flush(horizon):
                 store[(gi, parse_flink_key(key)[1], size, ps)] = v
 
     def compact(b: int) -> None:
         nonlocal compactions
         puts, removes, pending = bucket(b).compact()
-        values, batches = state[b]
+        values, batches, deferred = state[b]
         values.update(puts)
         for k in removes:
             values.pop(k, None)
         for k in pending:
             del batches[k]
+        listed, unlisted = bucket(b).deferred_changes()
+        deferred.update(listed)
+        for k in unlisted:
+            del deferred[k]
         compactions += 1
 
     def wm_before(i: int) -> int | None:
@@ -416,26 +431,27 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
         if rng.random() < 0.2:
             flush_all()
         if rng.random() < 0.2:  # a barrier (between batches): offset + a copy of the keyed state
-            checkpoint = (i, {b: (dict(v), dict(p)) for b, (v, p) in state.items()})
+            checkpoint = (i, {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in state.items()})
         if (
             crashes < 4 and i > 500 and rng.random() < 0.03
         ):  # kill -9: memory lost, memcached keeps what it got
             crashes += 1
             i, saved = checkpoint
-            state = {b: (dict(v), dict(p)) for b, (v, p) in saved.items()}
+            state = {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in saved.items()}
             memory = {}
             wm = wm_before(i)
             for b in state:  # restored timers touch every bucket with pending batches
                 bucket(b)
-    flush_all()
+    flush_all(final=True)
     assert crashes > 0 and compactions > 0 and dropped > 0 and replayed > 0
+    assert (deferred_restored > 0) == defer
     assert set(store) == set(expected)
     bad = [k for k in expected if store[k] != expected[k]]
     assert not bad, bad[:3]
     # Compacted state alone (no pending batch) rebuilds exactly the periods held in memory (evicted ones gone).
     for b in list(memory):
         compact(b)
-    for b, (values, batches) in state.items():
+    for b, (values, batches, _) in state.items():
         assert not batches
         indexes = {k for k in values if PERIOD_SEP not in k}
         assert indexes == set(memory[b].keys)
@@ -513,3 +529,72 @@ def test_bucket_compaction_writes_only_the_periods_that_changed(
     assert {pk: e.value(codec) for pk, e in loaded.entries.items()} == {
         pk: e.value(codec) for pk, e in held.entries.items()
     }
+
+
+def test_deferred_flushes_write_every_tile_a_fetch_reads(plan: Any, payments: list[dict[str, Any]]) -> None:
+    """Flushes that defer open tiles of the larger levels (horizon = now + lead) still leave in memcached, after
+    each flush, every tile a fetch at ``now`` reads (:func:`features.tiles.stream_reads`: complete tiles and the
+    smallest tile holding ``now``) exactly as memory holds it - and they write fewer values than flushing every
+    changed period. A live stream of a few hot cards (a payment every ~200 ms for an hour): tiles of every level
+    close while the stream runs."""
+    from features.tiles import stream_reads
+    from flink_jobs.job import flink_key
+    from flink_jobs.tiling import BucketTiles, PeriodEntry, entity_of, period_state_key, retention_of
+
+    gb = plan.group_by("card")
+    codec = StateCodec(gb)
+    fn = row_function(gb)
+    assert gb.stream is not None
+    period_of = {lv.size_ms: lv.period_ms for lv in gb.stream.levels}
+    lead = 2_000
+    deferring, eager = BucketTiles([codec], [retention_of(gb)]), BucketTiles([codec], [retention_of(gb)])
+    store: dict[tuple[str, str], bytes] = {}
+    written = {"deferring": 0, "eager": 0}
+    rng = random.Random(11)
+    cards = ["hot-1", "hot-2", "hot-3"]
+    events = []
+    now = 20 * DAY_MS + 23 * HOUR_MS + 30 * MINUTE_MS  # the stream crosses a day boundary
+    while now < 20 * DAY_MS + 24 * HOUR_MS + 30 * MINUTE_MS:
+        now += rng.randint(0, 400)
+        ev = payments[len(events) % len(payments)]
+        events.append({**ev, "card_id": rng.choice(cards), "ts": now, "arrival_ts": now})
+    checked = i = 0
+    parse = functools.lru_cache(maxsize=256)(lambda value: PeriodEntry.from_value(value).tiles)
+    while i < len(events):
+        batch = []
+        for ev in events[i : i + rng.randint(1, 12)]:
+            row = fn(ev)
+            ent = entity_of(gb, row) if row is not None else None
+            if ent is not None:
+                batch.append((0, flink_key(0, ent), row))
+            now = ev["ts"]
+            i += 1
+        deferring.apply(batch)
+        eager.apply(batch)
+        for _, key, size, ps, v in deferring.flush(now + lead):
+            store[(key, period_state_key(size, ps))] = v
+            written["deferring"] += 1
+        written["eager"] += len(eager.flush())
+        if rng.random() < 0.85:
+            continue
+        _, pieces = stream_reads(gb, now, align(now, DAY_MS) - DAY_MS)
+        tiles = {tile for ps in pieces.values() for tile in ps}
+        for key, kt in deferring.keys.items():
+            for size, start in tiles:
+                pk = period_state_key(size, align(start, period_of[size]))
+                held = kt.entries.get(pk)
+                want = None if held is None else parse(held.value(codec)).get(start)
+                value = store.get((key, pk))
+                got = None if value is None else parse(value).get(start)
+                assert (got is None) == (want is None), (key, size, start, now)
+                if want is not None:
+                    assert got is not None and got[0] == want[0] and got[2] == want[2], (
+                        key,
+                        size,
+                        start,
+                        now,
+                    )
+                    checked += 1
+    assert len(events) > 15_000 and checked > 30_000
+    # The hot keys' minute, hour and day tiles were written near their end, not at every flush.
+    assert written["deferring"] < 0.5 * written["eager"], written
