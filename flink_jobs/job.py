@@ -86,7 +86,7 @@ from features.plan import GroupByPlan, Plan
 from features.reference import row_function
 from features.tiles import StateCodec, tile_suffix
 from flink_jobs import jsonio
-from flink_jobs.tiling import BucketTiles, KeyTiles, entity_of, is_late, retention_of
+from flink_jobs.tiling import PERIOD_SEP, BucketTiles, KeyTiles, entity_of, is_late, retention_of
 from kvstore.codec import KeyLayout, encode_entity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +131,9 @@ OPEN_TILE_LEAD_MS = 2_000
 #: Batch path: the bucket count, kept in every bucket's ``period-values`` (a Flink key starts with a digit: no clash), so
 #: that a restore with another ``--buckets`` fails instead of rebuilding keys from nothing.
 BUCKETS_STATE_KEY = "#buckets"
+#: Batch path: the bucket's state entry holding the earliest end a deferred value waited for at its last compaction
+#: (absent: none); see BucketTileFunction._compact and BucketTiles.restore_deferred.
+DEFERRED_STATE_KEY = "#deferred-since"
 _KEY_SEP = "\x1f"
 #: Seconds between the tile operator's full garbage collections (``--full-gc-s``; Python's automatic ones are off
 #: in that process, see features/gcpolicy.py; 0 = leave them on).
@@ -891,11 +894,10 @@ def _batch_functions() -> tuple[Any, Any]:
             self.pending = runtime_context.get_map_state(
                 MapStateDescriptor("pending-batches", Types.STRING(), Types.STRING())
             )
-            # The keys whose period values in state memcached may lack (deferred at the last compaction): key ->
-            # GroupBy index; a restore writes their values again (BucketTiles.restore_deferred).
-            self.deferred_keys = runtime_context.get_map_state(
-                MapStateDescriptor("deferred-keys", Types.STRING(), Types.STRING())
-            )
+            self.deferred_since: dict[
+                int, int | None
+            ] = {}  # bucket -> its DEFERRED_STATE_KEY entry as written
+            self.bucket_ids: dict[int, int] = {}  # id(BucketTiles) -> bucket
             self.buckets: dict[int, BucketTiles] = {}
             self.fresh: dict[int, bool] = {}  # bucket -> its state held no key when loaded (no lookups)
             self.unflushed: dict[int, BucketTiles] = {}
@@ -955,6 +957,7 @@ def _batch_functions() -> tuple[Any, Any]:
                         )
                 self.values.put(BUCKETS_STATE_KEY, str(self.n_buckets))
                 bt = self.buckets[b] = BucketTiles(self.codecs, self.retention)
+                self.bucket_ids[id(bt)] = b
                 n = bt.replay(
                     [(k, v.encode("latin-1")) for k, v in self.pending.items()],
                     None if self.fresh[b] else self._state_value,
@@ -962,10 +965,19 @@ def _batch_functions() -> tuple[Any, Any]:
                 if n:  # rows replayed from state (after a restore): flush them again (idempotent)
                     self.m.inc("replayed", n)
                     self.unflushed[b] = bt
-                if not self.fresh[b] and bt.restore_deferred(
-                    [(k, int(v)) for k, v in self.deferred_keys.items()], self._state_value
-                ):
-                    self.unflushed[b] = bt
+                since = None if self.fresh[b] else self.values.get(DEFERRED_STATE_KEY)
+                self.deferred_since[b] = None if since is None else int(since)
+                if since is not None:
+                    # Values a flush deferred before the last compaction may be missing from memcached: write
+                    # again every period of the bucket's keys that ends at or after the earliest of them (reads
+                    # the keys' index entries: a restore costs a pass over the bucket's state).
+                    indexes = [
+                        (k, parse_flink_key(k)[0], v.encode("latin-1"))
+                        for k, v in self.values.items()
+                        if PERIOD_SEP not in k and not k.startswith("#")
+                    ]
+                    if bt.restore_deferred(indexes, int(since), self._state_value):
+                        self.unflushed[b] = bt
             return bt
 
         def _safe_watermark(self) -> int | None:
@@ -1022,11 +1034,16 @@ def _batch_functions() -> tuple[Any, Any]:
             self._write_state(puts, removes)
             for k in pending:
                 self.pending.remove(k)
-            listed, unlisted = bt.deferred_changes()
-            for key, gi in listed:
-                self.deferred_keys.put(key, str(gi))
-            for key in unlisted:
-                self.deferred_keys.remove(key)
+            # Periods a flush deferred are in state now, maybe not in memcached: a restore writes again what ends
+            # at or after the earliest of them (one entry per bucket, written when it changes).
+            since = bt.next_due()
+            b = self.bucket_ids[id(bt)]  # (the current key)
+            if since != self.deferred_since.get(b):
+                if since is None:
+                    self.values.remove(DEFERRED_STATE_KEY)
+                else:
+                    self.values.put(DEFERRED_STATE_KEY, str(since))
+                self.deferred_since[b] = since
             self.m.inc("compactions")
 
         def _deferred_due(self) -> int | None:

@@ -580,10 +580,15 @@ class KeyTiles:
         """The earliest end of a changed tile among the deferred (dirty) periods; ``None`` if none is dirty."""
         return min(self.dirty.values()) if self.dirty else None
 
-    def mark_all_dirty(self) -> None:
-        """Every period due at the next flush (after a restore: values a deferral may have kept from memcached)."""
-        for pk in self.entries:
-            self.dirty[pk] = ALWAYS_DUE
+    def mark_due_since(self, since_ms: int) -> int:
+        """Every period ending at or after ``since_ms`` due at the next flush (after a restore: values a deferral
+        may have kept from memcached). Returns how many."""
+        n = 0
+        for pk, e in self.entries.items():
+            if e.period_start + self.codec.period_of[e.size] >= since_ms:
+                self.dirty[pk] = ALWAYS_DUE
+                n += 1
+        return n
 
     def compact(self) -> tuple[dict[str, bytes], list[str]]:
         """Period values to put and pending-row keys to remove so state holds no rows; resets both."""
@@ -700,8 +705,9 @@ class BucketTiles:
 
     Compaction is allowed only when nothing is due (:attr:`dirty` empty): a compacted value is then in memcached
     unless a flush deferred it (an open tile of a larger level, :meth:`KeyTiles.flush`). A restore re-flushes what
-    it replays and, through :meth:`restore_deferred`, the keys that were deferred at the last compaction
-    (:meth:`deferred_changes` keeps that list in state). Eviction (:meth:`expire`) needs a compacted bucket too (a
+    it replays and, through :meth:`restore_deferred`, every period that a flush may have deferred before the last
+    compaction (those ending at or after :meth:`next_due` as of that compaction, which the caller keeps in
+    state). Eviction (:meth:`expire`) needs a compacted bucket too (a
     replayed batch would bring an evicted period back).
     """
 
@@ -716,7 +722,6 @@ class BucketTiles:
         "retentions",
         "scheduled",
         "seq",
-        "stored_deferred",
         "uncompacted",
     )
 
@@ -731,10 +736,9 @@ class BucketTiles:
         self.expiry: list[tuple[int, str]] = []  # heap: (a key's earliest expiry, key); stale entries skipped
         self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
         # keys whose unwritten periods were all deferred by a flush: heap of (due, key) (stale entries skipped) and
-        # key -> (due, GroupBy index); the keys the state's deferred list holds (as of the last compaction)
+        # key -> (due, GroupBy index)
         self.deferred: list[tuple[int, str]] = []
         self.deferred_at: dict[str, tuple[int, int]] = {}
-        self.stored_deferred: set[str] = set()
 
     def tiles(self, gi: int, key: str, load: Any = None) -> KeyTiles:
         """The key's tiles; a key not in memory is loaded through ``load(state entry)`` (its index, then its
@@ -836,26 +840,27 @@ class BucketTiles:
             heapq.heappop(heap)
         return None
 
-    def deferred_changes(self) -> tuple[list[tuple[str, int]], list[str]]:
-        """At a compaction: the keys to add to the state's deferred list (with their GroupBy index) and those to
-        remove, so that it names every key with a period value in state that memcached may not have yet."""
-        at = self.deferred_at
-        puts = [(key, gi) for key, (_, gi) in at.items() if key not in self.stored_deferred]
-        removes = [key for key in self.stored_deferred if key not in at]
-        self.stored_deferred = set(at)
-        return puts, removes
-
-    def restore_deferred(self, listed: Iterable[tuple[str, int]], load: Any = None) -> int:
-        """After a restore: every period of the keys the state's deferred list names (``(key, GroupBy index)``) is
-        due at the next flush (the same bytes again where memcached had them). Returns the keys."""
+    def restore_deferred(
+        self, indexes: Iterable[tuple[str, int, bytes]], since_ms: int, load: Any = None
+    ) -> int:
+        """After a restore: of the keys in state (``(key, GroupBy index, index entry)``, :func:`key_index`), every
+        period ending at or after ``since_ms`` (the bucket's :meth:`next_due` at its last compaction: every period a
+        flush deferred ends no earlier) is due at the next flush - the same bytes again where memcached had them.
+        Returns the periods marked."""
         n = 0
-        for key, gi in listed:
+        for key, gi, index in indexes:
+            codec = self.codecs[gi]
+            smallest = codec.sizes[0]
+            for pk in index.decode("ascii").split(",") if index else ():
+                size, ps = (int(x) for x in pk.split(":"))
+                if size != smallest and ps + codec.period_of[size] >= since_ms:
+                    break
+            else:
+                continue
             kt = self.tiles(gi, key, load)
-            kt.mark_all_dirty()
+            n += kt.mark_due_since(since_ms)
             if kt.dirty:
                 self.dirty[key] = gi
-            self.stored_deferred.add(key)
-            n += 1
         return n
 
     def compact(self) -> tuple[dict[str, bytes], list[str], list[str]]:

@@ -338,8 +338,8 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     value written equals the in-memory Tiler's, byte for byte, and eviction really drops periods.
 
     ``deferred-open-tiles``: flushes defer open tiles of the larger levels (horizon = the stream's time + a lead,
-    as the job's), compactions keep the list of deferred keys in state, and a restore writes their values again:
-    a crash must not leave a deferred value out of memcached."""
+    as the job's), compactions keep in state the earliest end a deferred value waits for, and a restore writes
+    again every period ending at or after it: a crash must not leave a deferred value out of memcached."""
     from flink_jobs.job import EVICT_GRANULARITY_MS, bucket_of, flink_key, parse_flink_key
     from flink_jobs.tiling import PERIOD_SEP, BucketTiles, entity_of, period_entry_key, retention_of
 
@@ -357,7 +357,7 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     n_buckets = 3
     rng = random.Random(7)
     # bucket -> (key values, pending batches): the keyed MapStates
-    # bucket -> (key values, pending batches, deferred keys): the keyed MapStates
+    # bucket -> (key values, pending batches, the earliest end deferred at the last compaction): keyed state
     State = dict[int, tuple[dict[str, bytes], dict[str, bytes], dict[str, int]]]
     state: State = {b: ({}, {}, {}) for b in range(n_buckets)}
     memory: dict[int, BucketTiles] = {}
@@ -371,7 +371,11 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
         if b not in memory:
             bt = memory[b] = BucketTiles(codecs, retentions)
             replayed += bt.replay(list(state[b][1].items()), state[b][0].get)
-            deferred_restored += bt.restore_deferred(list(state[b][2].items()), state[b][0].get)
+            since = state[b][2].get("since")
+            if since is not None:
+                values = state[b][0]
+                indexes = [(k, parse_flink_key(k)[0], v) for k, v in values.items() if PERIOD_SEP not in k]
+                deferred_restored += bt.restore_deferred(indexes, since, values.get)
         return memory[b]
 
     def flush_all(final: bool = False) -> None:
@@ -389,10 +393,11 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
             values.pop(k, None)
         for k in pending:
             del batches[k]
-        listed, unlisted = bucket(b).deferred_changes()
-        deferred.update(listed)
-        for k in unlisted:
-            del deferred[k]
+        since = bucket(b).next_due()
+        if since is None:
+            deferred.pop("since", None)
+        else:
+            deferred["since"] = since
         compactions += 1
 
     def wm_before(i: int) -> int | None:
