@@ -91,6 +91,8 @@ def job_args(args: argparse.Namespace) -> list[str]:
         out += ["--full-gc-s", str(args.full_gc_s)]
     if args.compact_rows is not None:
         out += ["--compact-rows", str(args.compact_rows)]
+    if args.compact_periods is not None:
+        out += ["--compact-periods", str(args.compact_periods)]
     if args.open_tile_lead_ms is not None:
         out += ["--open-tile-lead-ms", str(args.open_tile_lead_ms)]
     return out
@@ -398,6 +400,7 @@ def settings_line(args: argparse.Namespace) -> str:
         + ("" if args.flush_cost_share is None else f", flush cost share {args.flush_cost_share:g}")
         + ("" if args.full_gc_s is None else f", full GC every {args.full_gc_s:g} s")
         + ("" if args.compact_rows is None else f", compaction every {args.compact_rows} rows")
+        + ("" if args.compact_periods is None else f", compaction at {args.compact_periods} periods")
         + ("" if args.open_tile_lead_ms is None else f", open-tile lead {args.open_tile_lead_ms} ms")
         + ", checkpoints off, 1 memcached node"
     )
@@ -469,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--flush-cost-share", type=float, default=None, help="the job's (default: its own)")
     p.add_argument("--compact-rows", type=int, default=None, help="the job's (default: its own)")
+    p.add_argument("--compact-periods", type=int, default=None, help="the job's (default: its own)")
     p.add_argument(
         "--open-tile-lead-ms",
         type=int,

@@ -33,6 +33,7 @@ from features.compile import compile_repo  # noqa: E402
 from features.gcpolicy import quiet_full_collections  # noqa: E402
 from features.tiles import StateCodec  # noqa: E402
 from flink_jobs.job import (  # noqa: E402
+    COMPACT_BUCKET_PERIODS,
     COMPACT_BUCKET_ROWS,
     EVICT_GRANULARITY_MS,
     FULL_GC_S,
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="records per batch (the job's default cap)")
     ap.add_argument("--flush-every", type=int, default=4, help="batches between flushes")
     ap.add_argument("--compact-rows", type=int, default=COMPACT_BUCKET_ROWS, help="the job's --compact-rows")
+    ap.add_argument(
+        "--compact-periods", type=int, default=COMPACT_BUCKET_PERIODS, help="the job's --compact-periods"
+    )
     ap.add_argument(
         "--evict", action=argparse.BooleanOptionalAction, default=True, help="evict as the job does"
     )
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             t1 = clock()
             compacting = evicting = 0.0
             for rows in out.values():
-                if bt.pending_rows >= a.compact_rows and not bt.dirty:  # the job's rule
+                due = bt.pending_rows >= a.compact_rows or bt.uncompacted_periods >= a.compact_periods
+                if due and not bt.dirty:  # the job's rule
                     t4 = clock()
                     bt.compact()
                     compacting += clock() - t4

@@ -34,11 +34,14 @@ batcher emits before it). A bucket's state holds its keys' period values as of t
 ``<key>\x1e<size>:<period start>``; a Flink key never holds "\x1e", JSON escapes it) plus every batch applied since
 (``pending-batches``, ``<seq>`` -> rows, in order; one put per bucket per batch, no IR encode). A bucket is
 compacted (the period values changed since put, new periods listed, batches removed) once it holds
-COMPACT_BUCKET_ROWS pending rows, all of them flushed (at its next batch or timer), and before an eviction. A
+COMPACT_BUCKET_ROWS pending rows or COMPACT_BUCKET_PERIODS changed period values, all of them flushed or deferred
+(at its next batch or timer), and before an eviction. A
 bucket with rows not yet in memcached keeps a processing-time timer pending (1 s grid). On restore a bucket is
 rebuilt on first touch (batch or restored timer) by replaying its pending batches over its keys' values (a key
 is read from state when first needed), which marks them dirty so they are flushed again (idempotent).
-Compaction only follows a flush, so a compacted value has reached memcached before the checkpoint that holds it.
+Compaction only follows a flush, so a compacted value has reached memcached before the checkpoint that holds it,
+unless the flush deferred it (an open tile of a larger level, OPEN_TILE_LEAD_MS): the bucket's ``#deferred-since``
+entry then makes a restore write again every period that may have been deferred.
 Memcached may be ahead of the restored checkpoint; the replayed Kafka records recompute the same values.
 ``--buckets`` must stay the same across a restore (state is keyed by bucket; each bucket keeps the count, and a
 restore with another fails at the bucket's first touch). With ``--parallelism`` > 1 the job
@@ -111,11 +114,15 @@ COMPACT_ROWS = 16
 #: grid step, however many events): after a restore it rebuilds the key, replaying its rows into a flush.
 KEY_TIMER_GRANULARITY_MS = 1000
 #: Batch path: a bucket's state is compacted (the period values changed since put, batches removed) once it holds
-#: this many pending rows, at its next batch or timer after a flush (``--compact-rows``). A compaction costs one
-#: state put per period changed since the last one (~1-4 us per event in-process at 512-2,000 rows, measured with
-#: ``bench/profile_stream.py``); spread over small compactions it adds no pause (freshness p99 at 1,000 events/s
-#: was better at 1,000 rows than at 20,000). A restore replays at most this many rows per bucket.
-COMPACT_BUCKET_ROWS = 1_000
+#: COMPACT_BUCKET_ROWS pending rows (``--compact-rows``: a restore replays at most about this many rows per bucket)
+#: or COMPACT_BUCKET_PERIODS period values changed since the last compaction (``--compact-periods``), at its next
+#: batch or timer after a flush. A compaction is a pause of the tile operator that grows with the periods it writes
+#: (an encode of each, open tiles a flush deferred included, and a state put): bounding those bounds the pause for
+#: a stream of new keys (~5 periods per key), while hot keys - whose changed periods stop growing - compact only
+#: every COMPACT_BUCKET_ROWS rows (at 1,000 events/s of `card`, a 35-110 ms pause every second with compaction
+#: every 1,000 rows).
+COMPACT_BUCKET_ROWS = 20_000
+COMPACT_BUCKET_PERIODS = 5_000
 #: Batch path defaults: how long (ms) a batch collects records after its first one, its size cap, and the number
 #: of hash buckets of the keys (keyed state and tile-operator calls are per bucket: a batch costs one call per
 #: bucket it touches, so at parallelism 1 one bucket is cheapest - 8 buckets cost ~40 % more tile-thread CPU at
@@ -172,6 +179,7 @@ class JobSettings:
     batch_ms: int = BATCH_MS  # 0: the per-element path
     batch_max_records: int = BATCH_MAX_RECORDS
     compact_rows: int = COMPACT_BUCKET_ROWS
+    compact_periods: int = COMPACT_BUCKET_PERIODS
     buckets: int = BUCKETS
     open_tile_lead_ms: int = OPEN_TILE_LEAD_MS
 
@@ -883,6 +891,7 @@ def _batch_functions() -> tuple[Any, Any]:
             _tile_operator_setup(self, MemcachedStore)
             self.time_cols = [c.time_col for c in self.codecs]
             self.compact_rows = int(s.get("compact_rows", COMPACT_BUCKET_ROWS))
+            self.compact_periods = int(s.get("compact_periods", COMPACT_BUCKET_PERIODS))
             self.open_lead_ms = int(s.get("open_tile_lead_ms", OPEN_TILE_LEAD_MS))
             self.flush_cost_ms = 0.0  # smoothed CPU time of a flush (FLUSH_COST_SMOOTHING)
             self.upstreams = int(s.get("upstreams", 1))
@@ -1002,7 +1011,7 @@ def _batch_functions() -> tuple[Any, Any]:
                 self.upstream_wm[src] = wm
             self.m.inc("batches")
             if rows:
-                if bt.pending_rows >= self.compact_rows and not bt.dirty:
+                if self._compaction_due(bt) and not bt.dirty:
                     self._compact(bt)  # every row so far has been flushed: key values may go to state
                 k, v = bt.apply(rows, None if self.fresh[b] else self._state_value)
                 self.pending.put(k, v.decode("latin-1"))  # state = key values + batches since: restorable
@@ -1011,6 +1020,9 @@ def _batch_functions() -> tuple[Any, Any]:
             self._maybe_evict(bt)
             self._after_element(bt, b, timers)
             return iter(())
+
+        def _compaction_due(self, bt: BucketTiles) -> bool:
+            return bt.pending_rows >= self.compact_rows or bt.uncompacted_periods >= self.compact_periods
 
         def _maybe_evict(self, bt: BucketTiles) -> None:
             safe = self._safe_watermark()
@@ -1103,7 +1115,7 @@ def _batch_functions() -> tuple[Any, Any]:
                 self._flush_all(now)
             if bt.dirty:
                 self._ensure_unit_timer(b, timers, now)
-            elif bt.pending_rows >= self.compact_rows:
+            elif self._compaction_due(bt):
                 self._compact(bt)
             self._maybe_evict(bt)
             self._ensure_flush_timer(timers, now)
@@ -1336,6 +1348,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         "upstreams": len(by_topic),
         "buckets": settings.buckets,
         "compact_rows": settings.compact_rows,
+        "compact_periods": settings.compact_periods,
         "open_tile_lead_ms": settings.open_tile_lead_ms,
     }
     if batched:
@@ -1416,6 +1429,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a bucket's pending rows before its key values are rewritten (restore replays at most this many)",
     )
     p.add_argument(
+        "--compact-periods",
+        type=int,
+        default=COMPACT_BUCKET_PERIODS,
+        help="a bucket's changed period values before they are rewritten (bounds a compaction's pause)",
+    )
+    p.add_argument(
         "--open-tile-lead-ms",
         type=int,
         default=OPEN_TILE_LEAD_MS,
@@ -1457,6 +1476,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_ms=args.batch_ms,
         batch_max_records=args.batch_max_records,
         compact_rows=args.compact_rows,
+        compact_periods=args.compact_periods,
         buckets=args.buckets,
         open_tile_lead_ms=args.open_tile_lead_ms,
     )

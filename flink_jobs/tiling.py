@@ -723,6 +723,7 @@ class BucketTiles:
         "scheduled",
         "seq",
         "uncompacted",
+        "uncompacted_periods",
     )
 
     def __init__(self, codecs: Sequence[StateCodec], retentions: Sequence[Mapping[int, int]]) -> None:
@@ -733,6 +734,7 @@ class BucketTiles:
         self.uncompacted: set[str] = set()  # keys changed since the last compaction
         self.seq = 0  # pending batches in state: "0" .. str(seq - 1)
         self.pending_rows = 0
+        self.uncompacted_periods = 0  # periods changed since the last compaction (what the next one writes)
         self.expiry: list[tuple[int, str]] = []  # heap: (a key's earliest expiry, key); stale entries skipped
         self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
         # keys whose unwritten periods were all deferred by a flush: heap of (due, key) (stale entries skipped) and
@@ -765,7 +767,9 @@ class BucketTiles:
             kt = keys.get(key)
             if kt is None:
                 kt = self.tiles(gi, key, load)
+            before = len(kt.uncompacted)
             earliest = kt._fold(row)
+            self.uncompacted_periods += len(kt.uncompacted) - before
             if earliest is not None and earliest < self.scheduled.get(key, _NEVER):
                 self._schedule(key, earliest)
             dirty[key] = gi
@@ -891,6 +895,7 @@ class BucketTiles:
         self.uncompacted.clear()
         self.seq = 0
         self.pending_rows = 0
+        self.uncompacted_periods = 0
         return puts, removes, pending
 
     def _schedule(self, key: str, at: int) -> None:

@@ -512,7 +512,9 @@ def test_bucket_compaction_writes_only_the_periods_that_changed(
     # One more row at a time the key already has: one period value per level, no index.
     bt.apply([(gi, key, dict(row))], state.get)
     bt.flush()
+    assert bt.uncompacted_periods == len(codec.sizes)  # (what --compact-periods counts)
     puts, _, _ = bt.compact()
+    assert bt.uncompacted_periods == 0
     touched = {
         period_entry_key(key, period_state_key(size, align(row["ts"], codec.period_of[size])))
         for size in codec.sizes
