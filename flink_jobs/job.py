@@ -122,7 +122,7 @@ KEY_TIMER_GRANULARITY_MS = 1000
 #: every COMPACT_BUCKET_ROWS rows (at 1,000 events/s of `card`, a 35-110 ms pause every second with compaction
 #: every 1,000 rows).
 COMPACT_BUCKET_ROWS = 20_000
-COMPACT_BUCKET_PERIODS = 5_000
+COMPACT_BUCKET_PERIODS = 1_000
 #: Batch path defaults: how long (ms) a batch collects records after its first one, its size cap, and the number
 #: of hash buckets of the keys (keyed state and tile-operator calls are per bucket: a batch costs one call per
 #: bucket it touches, so at parallelism 1 one bucket is cheapest - 8 buckets cost ~40 % more tile-thread CPU at
