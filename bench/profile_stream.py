@@ -35,6 +35,7 @@ from features.tiles import StateCodec  # noqa: E402
 from flink_jobs.job import (  # noqa: E402
     COMPACT_BUCKET_PERIODS,
     COMPACT_BUCKET_ROWS,
+    COMPACT_SLICES,
     EVICT_GRANULARITY_MS,
     FULL_GC_S,
     OPEN_TILE_LEAD_MS,
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def one_round() -> dict[str, float]:
         parser = BatchParser([gb], [0], 1)
-        bt = BucketTiles([StateCodec(gb)], [retention_of(gb)])
+        bt = BucketTiles([StateCodec(gb)], [retention_of(gb)], COMPACT_SLICES)
         spent = dict.fromkeys(["parse", "fold", "flush", "compact", "evict"], 0.0)
         clock = time.process_time
         for i, batch in enumerate(batches):
@@ -108,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             t1 = clock()
             compacting = evicting = 0.0
             for rows in out.values():
-                due = bt.pending_rows >= a.compact_rows or bt.uncompacted_periods >= a.compact_periods
+                due = (
+                    bt.pending_rows * bt.slices >= a.compact_rows
+                    or bt.uncompacted_periods >= a.compact_periods
+                )
                 if due and not bt.dirty:  # the job's rule
                     t4 = clock()
-                    bt.compact()
+                    bt.compact(bt.next_part)
                     compacting += clock() - t4
                 bt.apply(rows)
                 if a.evict and bt.eviction_due(floor, EVICT_GRANULARITY_MS):  # as the job's _maybe_evict

@@ -33,9 +33,10 @@ batcher emits before it). A bucket's state holds its keys' period values as of t
 (``period-values``: per key an index entry ``<key>`` listing its periods and one entry per period value,
 ``<key>\x1e<size>:<period start>``; a Flink key never holds "\x1e", JSON escapes it) plus every batch applied since
 (``pending-batches``, ``<seq>`` -> rows, in order; one put per bucket per batch, no IR encode). A bucket is
-compacted (the period values changed since put, new periods listed, batches removed) once it holds
-COMPACT_BUCKET_ROWS pending rows or COMPACT_BUCKET_PERIODS changed period values, all of them flushed or deferred
-(at its next batch or timer), and before an eviction. A
+compacted one slice of its keys at a time (COMPACT_SLICES: the period values changed since put, new periods
+listed, the slice's ``#through:<slice>`` batch number; batches every slice is past removed) every
+COMPACT_BUCKET_ROWS / COMPACT_SLICES rows or once COMPACT_BUCKET_PERIODS period values changed, when all of them
+are flushed or deferred (at its next batch or timer), and whole before an eviction. A
 bucket with rows not yet in memcached keeps a processing-time timer pending (1 s grid). On restore a bucket is
 rebuilt on first touch (batch or restored timer) by replaying its pending batches over its keys' values (a key
 is read from state when first needed), which marks them dirty so they are flushed again (idempotent).
@@ -113,16 +114,20 @@ COMPACT_ROWS = 16
 #: A key with rows not yet in memcached has a processing-time timer pending, on this grid (so one per key per
 #: grid step, however many events): after a restore it rebuilds the key, replaying its rows into a flush.
 KEY_TIMER_GRANULARITY_MS = 1000
-#: Batch path: a bucket's state is compacted (the period values changed since put, batches removed) once it holds
-#: COMPACT_BUCKET_ROWS pending rows (``--compact-rows``: a restore replays at most about this many rows per bucket)
-#: or COMPACT_BUCKET_PERIODS period values changed since the last compaction (``--compact-periods``), at its next
-#: batch or timer after a flush. A compaction is a pause of the tile operator that grows with the periods it writes
-#: (an encode of each, open tiles a flush deferred included, and a state put): bounding those bounds the pause for
-#: a stream of new keys (~5 periods per key), while hot keys - whose changed periods stop growing - compact only
-#: every COMPACT_BUCKET_ROWS rows (at 1,000 events/s of `card`, a 35-110 ms pause every second with compaction
-#: every 1,000 rows).
+#: Batch path: a slice of a bucket's keys is compacted (its period values changed since put; batches every slice is
+#: past removed) every COMPACT_BUCKET_ROWS / COMPACT_SLICES rows (``--compact-rows``: a restore replays at most about
+#: this many rows per bucket) or once COMPACT_BUCKET_PERIODS period values changed (``--compact-periods``), at its
+#: next batch or timer after a flush. A compaction is a pause of the tile operator that grows with the periods it
+#: writes (an encode of each, open tiles a flush deferred included, and a state put): at 1,000 events/s of `card`
+#: a whole-bucket compaction every 1,000 rows paused it 35-110 ms every second. Slices cut the pause; the periods
+#: bound keeps it short for a stream of new keys (~5 periods per key), while hot keys - whose changed periods stop
+#: growing - compact by rows.
 COMPACT_BUCKET_ROWS = 20_000
-COMPACT_BUCKET_PERIODS = 1_000
+COMPACT_BUCKET_PERIODS = 4_000
+#: Batch path: a bucket's keys are compacted in this many slices, one at a time (BucketTiles): a compaction's pause
+#: is about 1/COMPACT_SLICES of the bucket's changed periods. Fixed: a restore must hash keys to the same slices (a
+#: checkpoint taken before slices existed restores as one whose slices are all compacted through its last batch).
+COMPACT_SLICES = 8
 #: Batch path defaults: how long (ms) a batch collects records after its first one, its size cap, and the number
 #: of hash buckets of the keys (keyed state and tile-operator calls are per bucket: a batch costs one call per
 #: bucket it touches, so at parallelism 1 one bucket is cheapest - 8 buckets cost ~40 % more tile-thread CPU at
@@ -965,7 +970,7 @@ def _batch_functions() -> tuple[Any, Any]:
                             f" --buckets {held}, or start fresh"
                         )
                 self.values.put(BUCKETS_STATE_KEY, str(self.n_buckets))
-                bt = self.buckets[b] = BucketTiles(self.codecs, self.retention)
+                bt = self.buckets[b] = BucketTiles(self.codecs, self.retention, COMPACT_SLICES)
                 self.bucket_ids[id(bt)] = b
                 n = bt.replay(
                     [(k, v.encode("latin-1")) for k, v in self.pending.items()],
@@ -1012,7 +1017,8 @@ def _batch_functions() -> tuple[Any, Any]:
             self.m.inc("batches")
             if rows:
                 if self._compaction_due(bt) and not bt.dirty:
-                    self._compact(bt)  # every row so far has been flushed: key values may go to state
+                    # every row so far has been flushed (or deferred): a slice's key values may go to state
+                    self._compact(bt, bt.next_part)
                 k, v = bt.apply(rows, None if self.fresh[b] else self._state_value)
                 self.pending.put(k, v.decode("latin-1"))  # state = key values + batches since: restorable
                 self.unflushed[b] = bt
@@ -1022,7 +1028,12 @@ def _batch_functions() -> tuple[Any, Any]:
             return iter(())
 
         def _compaction_due(self, bt: BucketTiles) -> bool:
-            return bt.pending_rows >= self.compact_rows or bt.uncompacted_periods >= self.compact_periods
+            """A slice is compacted every compact_rows / slices rows (so a restore replays at most about
+            compact_rows), or sooner once compact_periods values changed (a slice then writes about 1/slices)."""
+            return (
+                bt.pending_rows * bt.slices >= self.compact_rows
+                or bt.uncompacted_periods >= self.compact_periods
+            )
 
         def _maybe_evict(self, bt: BucketTiles) -> None:
             safe = self._safe_watermark()
@@ -1039,10 +1050,10 @@ def _batch_functions() -> tuple[Any, Any]:
             if dropped:
                 self.m.inc("periods_evicted", dropped)
 
-        def _compact(self, bt: BucketTiles) -> None:
-            """Write the current bucket's period values changed since its last compaction (and new key indexes)
-            to state and drop its pending batches."""
-            puts, removes, pending = bt.compact()
+        def _compact(self, bt: BucketTiles, part: int | None = None) -> None:
+            """Write the current bucket's period values changed since their last compaction (and new key indexes)
+            to state, of one slice of its keys (``part``) or all, and drop the pending batches every slice is past."""
+            puts, removes, pending = bt.compact(part)
             self._write_state(puts, removes)
             for k in pending:
                 self.pending.remove(k)
@@ -1116,7 +1127,7 @@ def _batch_functions() -> tuple[Any, Any]:
             if bt.dirty:
                 self._ensure_unit_timer(b, timers, now)
             elif self._compaction_due(bt):
-                self._compact(bt)
+                self._compact(bt, bt.next_part)
             self._maybe_evict(bt)
             self._ensure_flush_timer(timers, now)
             self.m.maybe_write()

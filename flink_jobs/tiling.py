@@ -21,6 +21,7 @@ at flush, keyed state = period values + rows applied since) are what the Flink o
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import struct
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
@@ -447,7 +448,7 @@ class KeyTiles:
     checkpoint barrier arrives, the state is therefore enough to restore the key exactly.
     """
 
-    __slots__ = ("codec", "dirty", "entries", "expiries", "retention", "seq", "stored", "uncompacted")
+    __slots__ = ("codec", "dirty", "entries", "expiries", "part", "retention", "seq", "stored", "uncompacted")
 
     def __init__(self, codec: StateCodec, retention: Mapping[int, int]) -> None:
         self.codec = codec
@@ -459,6 +460,7 @@ class KeyTiles:
         self.uncompacted: set[str] = set()  # changed since the last compaction (period values in state)
         self.seq = 0  # pending rows in state: r:0 .. r:seq-1
         self.stored: set[str] = set()  # batch path: the periods the key's state entries hold
+        self.part = 0  # batch path: the key's compaction slice (BucketTiles.slice_of)
         # heap of (expiry, period key) of every entry, built at the first question about expiry (entries loaded
         # from state come before it), kept by _fold and expired() after
         self.expiries: list[tuple[int, str]] | None = None
@@ -663,6 +665,10 @@ def decode_batch(data: bytes) -> list[tuple[int, str, dict[str, Any]]]:
 PERIOD_SEP = "\x1e"
 
 
+#: Batch path state: ``#through:<slice>`` holds the batch sequence number a compaction slice is compacted through.
+THROUGH_PREFIX = "#through:"
+
+
 def period_entry_key(key: str, pk: str) -> str:
     """The state entry of one period value of ``key`` (``pk``: :func:`period_state_key`)."""
     return key + PERIOD_SEP + pk
@@ -709,6 +715,12 @@ class BucketTiles:
     compaction (those ending at or after :meth:`next_due` as of that compaction, which the caller keeps in
     state). Eviction (:meth:`expire`) needs a compacted bucket too (a
     replayed batch would bring an evicted period back).
+
+    With ``slices`` > 1 the keys are split by hash into slices that compact one at a time (:meth:`compact` with a
+    ``part``): a compaction is a pause of the operator that grows with the periods it writes, and a slice's is
+    1/``slices`` of the bucket's. Each slice records in state (``#through:<slice>``) the batch sequence number it
+    is compacted through; pending batches leave state once every slice is past them, and a replay skips a row of a
+    batch its key's slice was compacted through (its value in state already holds it).
     """
 
     __slots__ = (
@@ -718,23 +730,36 @@ class BucketTiles:
         "dirty",
         "expiry",
         "keys",
+        "low",
+        "next_part",
         "pending_rows",
         "retentions",
         "scheduled",
         "seq",
+        "slices",
+        "through",
         "uncompacted",
         "uncompacted_periods",
     )
 
-    def __init__(self, codecs: Sequence[StateCodec], retentions: Sequence[Mapping[int, int]]) -> None:
+    def __init__(
+        self, codecs: Sequence[StateCodec], retentions: Sequence[Mapping[int, int]], slices: int = 1
+    ) -> None:
         self.codecs = codecs
         self.retentions = retentions
+        self.slices = slices
         self.keys: dict[str, KeyTiles] = {}
         self.dirty: dict[str, int] = {}  # key -> GroupBy index, changed since the last flush
-        self.uncompacted: set[str] = set()  # keys changed since the last compaction
-        self.seq = 0  # pending batches in state: "0" .. str(seq - 1)
-        self.pending_rows = 0
-        self.uncompacted_periods = 0  # periods changed since the last compaction (what the next one writes)
+        # per slice: its keys changed since its last compaction
+        self.uncompacted: list[set[str]] = [set() for _ in range(slices)]
+        self.seq = 0  # the next batch's sequence number; pending batches in state: str(low) .. str(seq - 1)
+        self.low = 0
+        self.through = [0] * slices  # per slice: the batches before this are in its keys' values in state
+        self.next_part = 0  # the slice the next (one-slice) compaction takes
+        self.pending_rows = 0  # rows applied since the last compaction
+        self.uncompacted_periods = (
+            0  # periods changed since their slice's last compaction (what compactions write)
+        )
         self.expiry: list[tuple[int, str]] = []  # heap: (a key's earliest expiry, key); stale entries skipped
         self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
         # keys whose unwritten periods were all deferred by a flush: heap of (due, key) (stale entries skipped) and
@@ -755,8 +780,17 @@ class BucketTiles:
                 nxt = kt.next_expiry()
                 if nxt is not None:
                     self._schedule(key, nxt)
+            kt.part = self.slice_of(key)
             self.keys[key] = kt
         return kt
+
+    def slice_of(self, key: str) -> int:
+        """The key's compaction slice: a stable hash (it must not change across a restore), and not the one of the
+        job's hash buckets (``crc32``: with as many buckets as slices, a bucket's keys would all share a slice)."""
+        if self.slices == 1:
+            return 0
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest()
+        return int.from_bytes(digest, "little") % self.slices
 
     def _fold(self, rows: Iterable[BucketRow], load: Any) -> int:
         keys = self.keys
@@ -773,7 +807,7 @@ class BucketTiles:
             if earliest is not None and earliest < self.scheduled.get(key, _NEVER):
                 self._schedule(key, earliest)
             dirty[key] = gi
-            uncompacted.add(key)
+            uncompacted[kt.part].add(key)
             n += 1
         self.pending_rows += n
         return n
@@ -786,13 +820,23 @@ class BucketTiles:
         return k, encode_batch(rows)
 
     def replay(self, pending: Iterable[tuple[str, bytes]], load: Any = None) -> int:
-        """Rebuild from the state's pending batches (in order); they become unflushed (flushed again, the same
-        bytes). Returns the rows replayed."""
+        """Rebuild from the state's pending batches (in order) and, with slices, the ``#through:<slice>`` entries
+        read through ``load``; the rows replayed become unflushed (flushed again, the same bytes). A row of a batch
+        its key's slice was compacted through is skipped. Returns the rows replayed."""
+        if self.slices > 1 and load is not None:
+            for part in range(self.slices):
+                held = load(f"{THROUGH_PREFIX}{part}")
+                self.through[part] = 0 if held is None else int(held)
         batches = sorted((int(k), bytes(v)) for k, v in pending)
         n = 0
-        for _, data in batches:
-            n += self._fold(decode_batch(data), load)
-        self.seq = batches[-1][0] + 1 if batches else 0
+        for seq, data in batches:
+            rows = decode_batch(data)
+            if self.slices > 1:
+                through, slice_of = self.through, self.slice_of
+                rows = [r for r in rows if seq >= through[slice_of(r[1])]]
+            n += self._fold(rows, load)
+        self.seq = max([batches[-1][0] + 1 if batches else 0, *self.through])
+        self.low = min([batches[0][0] if batches else self.seq, *self.through])
         return n
 
     def flush(self, horizon_ms: int | None = None) -> list[tuple[int, str, int, int, bytes]]:
@@ -867,35 +911,47 @@ class BucketTiles:
                 self.dirty[key] = gi
         return n
 
-    def compact(self) -> tuple[dict[str, bytes], list[str], list[str]]:
-        """``(state entries to put, entries to remove, pending batches to remove)`` so that state holds no batch;
-        only when nothing is unflushed."""
+    def compact(self, part: int | None = None) -> tuple[dict[str, bytes], list[str], list[str]]:
+        """``(state entries to put, entries to remove, pending batches to remove)``: the values of the keys of slice
+        ``part`` (``None``: every slice, after which state holds no batch) changed since its last compaction; only
+        when nothing is due to be flushed."""
         if self.dirty:
             raise ValueError("compact() with unflushed rows: flush first")
         puts: dict[str, bytes] = {}
         removes: list[str] = []
-        for key in self.uncompacted:
-            kt = self.keys.get(key)
-            if kt is None:
-                continue
-            entries, stored = kt.entries, kt.stored
-            new = False
-            for pk in kt.uncompacted:
-                e = entries.get(pk)
-                if e is not None:
-                    puts[period_entry_key(key, pk)] = e.value(kt.codec)
-                    if pk not in stored:
-                        new = True
-            if new:  # (periods leave state only through expire())
-                puts[key] = key_index(kt)
-                kt.stored = set(entries)
-            kt.uncompacted.clear()
-            kt.seq = 0
-        pending = [str(i) for i in range(self.seq)]
-        self.uncompacted.clear()
-        self.seq = 0
+        written = 0
+        for p in range(self.slices) if part is None else (part,):
+            for key in self.uncompacted[p]:
+                kt = self.keys.get(key)
+                if kt is None:
+                    continue
+                entries, stored = kt.entries, kt.stored
+                new = False
+                written += len(kt.uncompacted)
+                for pk in kt.uncompacted:
+                    e = entries.get(pk)
+                    if e is not None:
+                        puts[period_entry_key(key, pk)] = e.value(kt.codec)
+                        if pk not in stored:
+                            new = True
+                if new:  # (periods leave state only through expire())
+                    puts[key] = key_index(kt)
+                    kt.stored = set(entries)
+                kt.uncompacted.clear()
+                kt.seq = 0
+            self.uncompacted[p].clear()
+            self.through[p] = self.seq
+            if self.slices > 1:
+                puts[f"{THROUGH_PREFIX}{p}"] = str(self.seq).encode("ascii")
+        low = min(self.through)
+        pending = [str(i) for i in range(self.low, low)]
+        self.low = low
+        if self.slices == 1:  # (numbering restarts: the state of a one-slice bucket is as it always was)
+            self.seq = self.low = self.through[0] = 0
+        else:
+            self.next_part = (self.next_part if part is None else part + 1) % self.slices
         self.pending_rows = 0
-        self.uncompacted_periods = 0
+        self.uncompacted_periods = max(0, self.uncompacted_periods - written) if part is not None else 0
         return puts, removes, pending
 
     def _schedule(self, key: str, at: int) -> None:
@@ -915,7 +971,7 @@ class BucketTiles:
     def expire(self, watermark_ms: int) -> tuple[dict[str, bytes], list[str], int]:
         """Drop the periods past retention at ``watermark_ms``: ``(state entries to put, entries to remove, periods
         dropped)``. Only on a compacted bucket (:meth:`compact` first)."""
-        if self.seq or self.dirty:
+        if self.low < self.seq or self.dirty:
             raise ValueError("expire() needs a flushed and compacted bucket")
         puts: dict[str, bytes] = {}
         removes: set[str] = set()

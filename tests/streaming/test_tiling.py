@@ -328,9 +328,13 @@ def test_key_tiles_flush_at_flush_time_and_restore_from_any_checkpoint(
             assert e.value(codec) == expected[(ent, e.size, e.period_start)]
 
 
-@pytest.mark.parametrize("defer", [False, True], ids=["every-flush", "deferred-open-tiles"])
+@pytest.mark.parametrize(
+    ("defer", "slices"),
+    [(False, 1), (True, 1), (True, 3)],
+    ids=["every-flush", "deferred-open-tiles", "deferred-sliced-compaction"],
+)
 def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
-    plan: Any, payments: list[dict[str, Any]], defer: bool
+    plan: Any, payments: list[dict[str, Any]], defer: bool, slices: int
 ) -> None:
     """The batch path's per-bucket form (:class:`BucketTiles`): two GroupBys' keys hashed into a few buckets, rows
     applied a batch at a time, state = key values + pending batches, eviction on the watermark carried by the
@@ -339,7 +343,10 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
 
     ``deferred-open-tiles``: flushes defer open tiles of the larger levels (horizon = the stream's time + a lead,
     as the job's), compactions keep in state the earliest end a deferred value waits for, and a restore writes
-    again every period ending at or after it: a crash must not leave a deferred value out of memcached."""
+    again every period ending at or after it: a crash must not leave a deferred value out of memcached.
+
+    ``deferred-sliced-compaction``: each bucket's keys in 3 slices that compact one at a time (and all before an
+    eviction); a restore replays only the rows of batches their slice was not compacted through."""
     from flink_jobs.job import EVICT_GRANULARITY_MS, bucket_of, flink_key, parse_flink_key
     from flink_jobs.tiling import PERIOD_SEP, BucketTiles, entity_of, period_entry_key, retention_of
 
@@ -363,18 +370,23 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     memory: dict[int, BucketTiles] = {}
     store: dict[tuple[Any, ...], bytes] = {}
     checkpoint: tuple[int, State] = (0, {b: ({}, {}, {}) for b in range(n_buckets)})
-    crashes = dropped = compactions = replayed = deferred_restored = 0
+    crashes = dropped = compactions = replayed = deferred_restored = partial = 0
+    checkpoint_partial = barrier_now = False
     lead = 2_000
 
     def bucket(b: int) -> BucketTiles:
         nonlocal replayed, deferred_restored
         if b not in memory:
-            bt = memory[b] = BucketTiles(codecs, retentions)
+            bt = memory[b] = BucketTiles(codecs, retentions, slices)
             replayed += bt.replay(list(state[b][1].items()), state[b][0].get)
             since = state[b][2].get("since")
             if since is not None:
                 values = state[b][0]
-                indexes = [(k, parse_flink_key(k)[0], v) for k, v in values.items() if PERIOD_SEP not in k]
+                indexes = [
+                    (k, parse_flink_key(k)[0], v)
+                    for k, v in values.items()
+                    if PERIOD_SEP not in k and not k.startswith("#")
+                ]
                 deferred_restored += bt.restore_deferred(indexes, since, values.get)
         return memory[b]
 
@@ -384,9 +396,9 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
             for gi, key, size, ps, v in bt.flush(horizon):
                 store[(gi, parse_flink_key(key)[1], size, ps)] = v
 
-    def compact(b: int) -> None:
+    def compact(b: int, part: int | None = None) -> None:
         nonlocal compactions
-        puts, removes, pending = bucket(b).compact()
+        puts, removes, pending = bucket(b).compact(part)
         values, batches, deferred = state[b]
         values.update(puts)
         for k in removes:
@@ -421,7 +433,8 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
         for b, rows in by_bucket.items():
             bt = bucket(b)
             if bt.pending_rows >= 50 and not bt.dirty:
-                compact(b)
+                compact(b, bt.next_part if slices > 1 else None)
+                barrier_now = slices > 1 and rng.random() < 0.3  # (checkpoints between slice compactions)
             k, v = bt.apply(rows, state[b][0].get)
             state[b][1][k] = v
             if bt.eviction_due(batch_wm, EVICT_GRANULARITY_MS):
@@ -435,12 +448,17 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
                 dropped += n
         if rng.random() < 0.2:
             flush_all()
-        if rng.random() < 0.2:  # a barrier (between batches): offset + a copy of the keyed state
-            checkpoint = (i, {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in state.items()})
         if (
-            crashes < 4 and i > 500 and rng.random() < 0.03
+            rng.random() < 0.2 or barrier_now
+        ):  # a barrier (between batches): offset + a copy of the keyed state
+            barrier_now = False
+            checkpoint = (i, {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in state.items()})
+            checkpoint_partial = any(len(set(bt.through)) > 1 for bt in memory.values())
+        if (
+            crashes < 4 and i > 500 and (rng.random() < 0.03 or (checkpoint_partial and rng.random() < 0.1))
         ):  # kill -9: memory lost, memcached keeps what it got
             crashes += 1
+            partial += checkpoint_partial
             i, saved = checkpoint
             state = {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in saved.items()}
             memory = {}
@@ -450,6 +468,8 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     flush_all(final=True)
     assert crashes > 0 and compactions > 0 and dropped > 0 and replayed > 0
     assert (deferred_restored > 0) == defer
+    # restores of a checkpoint whose slices were compacted through different batches
+    assert (partial > 0) == (slices > 1), partial
     assert set(store) == set(expected)
     bad = [k for k in expected if store[k] != expected[k]]
     assert not bad, bad[:3]
@@ -458,11 +478,11 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
         compact(b)
     for b, (values, batches, _) in state.items():
         assert not batches
-        indexes = {k for k in values if PERIOD_SEP not in k}
+        indexes = {k for k in values if PERIOD_SEP not in k and not k.startswith("#")}
         assert indexes == set(memory[b].keys)
         # every period value in state is listed by its key's index, and the other way round
         listed = {period_entry_key(k, pk) for k in indexes for pk in values[k].decode("ascii").split(",")}
-        assert listed == set(values) - indexes
+        assert listed == {k for k in values if not k.startswith("#")} - indexes
         fresh = BucketTiles(codecs, retentions)
         for key in indexes:
             gi, ent = parse_flink_key(key)
