@@ -1291,6 +1291,7 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
         return (
             KafkaSink.builder()
             .set_bootstrap_servers(settings.bootstrap)
+            .set_property("enable.metrics.push", "false")  # (as the source's)
             .set_record_serializer(
                 KafkaRecordSerializationSchema.builder()
                 .set_topic(topic)
@@ -1314,6 +1315,9 @@ def build(plan: Plan, gbs: list[GroupByPlan], settings: JobSettings) -> Any:
             # The consumer's default (500 ms) is how long a fetch may wait for new records: it bounds freshness
             # from below on a quiet topic (the broker may hold the fetch that long).
             .set_property("fetch.max.wait.ms", str(settings.fetch_max_wait_ms))
+            # Kafka clients >= 3.7 push their own metrics to the broker every few seconds (KIP-714) when it
+            # offers a subscription: requests and log lines for nothing; the job's metrics are Flink's.
+            .set_property("enable.metrics.push", "false")
         )
         if settings.bounded:
             builder = builder.set_bounded(KafkaOffsetsInitializer.latest())

@@ -292,7 +292,8 @@ def test_kill_and_restore_from_checkpoint(
     replay(pa.Table.from_pylist(events), topic, kafka_broker, arrival_time="arrival_ts")
     log = tmp_path / "job.log"
     # Three hash buckets of keys (the default is one): several buckets' pending batches restored and replayed;
-    # compactions every few hundred rows (the default is 1,000), so the checkpoint holds key values too.
+    # a slice of the keys compacted every ~40 rows (--compact-rows 300 over 8 slices; the default is 20,000), so the
+    # checkpoint holds key values too, of slices compacted through different batches.
     cmd = [
         *job_command(flink_python, plan_file, kafka_broker, memcached, tmp_path, bounded=False),
         "--buckets",
