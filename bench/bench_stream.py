@@ -74,6 +74,17 @@ def plan_with_topics(suffix: str) -> Plan:
     return dataclasses.replace(plan, group_bys=tuple(gbs))
 
 
+#: Options passed on to the job as they are, when given.
+JOB_FLAGS = (
+    "--flush-interval-ms",
+    "--flush-cost-share",
+    "--full-gc-s",
+    "--compact-rows",
+    "--compact-periods",
+    "--open-tile-lead-ms",
+)
+
+
 def job_args(args: argparse.Namespace) -> list[str]:
     out = [
         "--bundle-size",
@@ -87,18 +98,10 @@ def job_args(args: argparse.Namespace) -> list[str]:
         "--parallelism",
         str(args.parallelism),
     ]
-    if args.flush_interval_ms is not None:
-        out += ["--flush-interval-ms", str(args.flush_interval_ms)]
-    if args.flush_cost_share is not None:
-        out += ["--flush-cost-share", str(args.flush_cost_share)]
-    if args.full_gc_s is not None:
-        out += ["--full-gc-s", str(args.full_gc_s)]
-    if args.compact_rows is not None:
-        out += ["--compact-rows", str(args.compact_rows)]
-    if args.compact_periods is not None:
-        out += ["--compact-periods", str(args.compact_periods)]
-    if args.open_tile_lead_ms is not None:
-        out += ["--open-tile-lead-ms", str(args.open_tile_lead_ms)]
+    for flag in JOB_FLAGS:  # the job's own default where not given
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            out += [flag, str(value)]
     return out
 
 

@@ -43,7 +43,7 @@ from flink_jobs.job import (  # noqa: E402
     batch_record,
 )
 from flink_jobs.replay import encode_value  # noqa: E402
-from flink_jobs.tiling import BucketTiles, retention_of  # noqa: E402
+from flink_jobs.tiling import BucketTiles, flush_horizon, retention_of  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def horizon(floor: int | None) -> int | None:
-        """As the job's: now (or the watermark, if ahead) + the lead."""
-        if a.open_tile_lead_ms < 0:
-            return None
-        return max(int(time.time() * 1000), floor or 0) + a.open_tile_lead_ms
+        return flush_horizon(int(time.time() * 1000), floor, a.open_tile_lead_ms)  # as the job's
 
     def one_round() -> dict[str, float]:
         parser = BatchParser([gb], [0], 1)
@@ -109,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             t1 = clock()
             compacting = evicting = 0.0
             for rows in out.values():
-                due = (
-                    bt.pending_rows * bt.slices >= a.compact_rows
-                    or bt.uncompacted_periods >= a.compact_periods
-                )
+                due = bt.compaction_due(a.compact_rows, a.compact_periods)
                 if due and not bt.dirty:  # the job's rule
                     t4 = clock()
                     bt.compact(bt.next_part)

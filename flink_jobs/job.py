@@ -90,7 +90,15 @@ from features.plan import GroupByPlan, Plan
 from features.reference import row_function
 from features.tiles import StateCodec, tile_suffix
 from flink_jobs import jsonio
-from flink_jobs.tiling import PERIOD_SEP, BucketTiles, KeyTiles, entity_of, is_late, retention_of
+from flink_jobs.tiling import (
+    PERIOD_SEP,
+    BucketTiles,
+    KeyTiles,
+    entity_of,
+    flush_horizon,
+    is_late,
+    retention_of,
+)
 from kvstore.codec import KeyLayout, encode_entity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,9 +151,6 @@ OPEN_TILE_LEAD_MS = 2_000
 #: Batch path: the bucket count, kept in every bucket's ``period-values`` (a Flink key starts with a digit: no clash), so
 #: that a restore with another ``--buckets`` fails instead of rebuilding keys from nothing.
 BUCKETS_STATE_KEY = "#buckets"
-#: Batch path: the bucket's state entry holding the earliest end a deferred value waited for at its last compaction
-#: (absent: none); see BucketTileFunction._compact and BucketTiles.restore_deferred.
-DEFERRED_STATE_KEY = "#deferred-since"
 _KEY_SEP = "\x1f"
 #: Seconds between the tile operator's full garbage collections (``--full-gc-s``; Python's automatic ones are off
 #: in that process, see features/gcpolicy.py; 0 = leave them on).
@@ -908,10 +913,6 @@ def _batch_functions() -> tuple[Any, Any]:
             self.pending = runtime_context.get_map_state(
                 MapStateDescriptor("pending-batches", Types.STRING(), Types.STRING())
             )
-            self.deferred_since: dict[
-                int, int | None
-            ] = {}  # bucket -> its DEFERRED_STATE_KEY entry as written
-            self.bucket_ids: dict[int, int] = {}  # id(BucketTiles) -> bucket
             self.buckets: dict[int, BucketTiles] = {}
             self.fresh: dict[int, bool] = {}  # bucket -> its state held no key when loaded (no lookups)
             self.unflushed: dict[int, BucketTiles] = {}
@@ -971,7 +972,6 @@ def _batch_functions() -> tuple[Any, Any]:
                         )
                 self.values.put(BUCKETS_STATE_KEY, str(self.n_buckets))
                 bt = self.buckets[b] = BucketTiles(self.codecs, self.retention, COMPACT_SLICES)
-                self.bucket_ids[id(bt)] = b
                 n = bt.replay(
                     [(k, v.encode("latin-1")) for k, v in self.pending.items()],
                     None if self.fresh[b] else self._state_value,
@@ -979,9 +979,7 @@ def _batch_functions() -> tuple[Any, Any]:
                 if n:  # rows replayed from state (after a restore): flush them again (idempotent)
                     self.m.inc("replayed", n)
                     self.unflushed[b] = bt
-                since = None if self.fresh[b] else self.values.get(DEFERRED_STATE_KEY)
-                self.deferred_since[b] = None if since is None else int(since)
-                if since is not None:
+                if not self.fresh[b] and bt.stored_since is not None:
                     # Values a flush deferred before the last compaction may be missing from memcached: write
                     # again every period of the bucket's keys that ends at or after the earliest of them (reads
                     # the keys' index entries: a restore costs a pass over the bucket's state).
@@ -990,7 +988,7 @@ def _batch_functions() -> tuple[Any, Any]:
                         for k, v in self.values.items()
                         if PERIOD_SEP not in k and not k.startswith("#")
                     ]
-                    if bt.restore_deferred(indexes, int(since), self._state_value):
+                    if bt.restore_deferred(indexes, self._state_value):
                         self.unflushed[b] = bt
             return bt
 
@@ -1016,7 +1014,7 @@ def _batch_functions() -> tuple[Any, Any]:
                 self.upstream_wm[src] = wm
             self.m.inc("batches")
             if rows:
-                if self._compaction_due(bt) and not bt.dirty:
+                if bt.compaction_due(self.compact_rows, self.compact_periods) and not bt.dirty:
                     # every row so far has been flushed (or deferred): a slice's key values may go to state
                     self._compact(bt, bt.next_part)
                 k, v = bt.apply(rows, None if self.fresh[b] else self._state_value)
@@ -1026,14 +1024,6 @@ def _batch_functions() -> tuple[Any, Any]:
             self._maybe_evict(bt)
             self._after_element(bt, b, timers)
             return iter(())
-
-        def _compaction_due(self, bt: BucketTiles) -> bool:
-            """A slice is compacted every compact_rows / slices rows (so a restore replays at most about
-            compact_rows), or sooner once compact_periods values changed (a slice then writes about 1/slices)."""
-            return (
-                bt.pending_rows * bt.slices >= self.compact_rows
-                or bt.uncompacted_periods >= self.compact_periods
-            )
 
         def _maybe_evict(self, bt: BucketTiles) -> None:
             safe = self._safe_watermark()
@@ -1057,16 +1047,6 @@ def _batch_functions() -> tuple[Any, Any]:
             self._write_state(puts, removes)
             for k in pending:
                 self.pending.remove(k)
-            # Periods a flush deferred are in state now, maybe not in memcached: a restore writes again what ends
-            # at or after the earliest of them (one entry per bucket, written when it changes).
-            since = bt.next_due()
-            b = self.bucket_ids[id(bt)]  # (the current key)
-            if since != self.deferred_since.get(b):
-                if since is None:
-                    self.values.remove(DEFERRED_STATE_KEY)
-                else:
-                    self.values.put(DEFERRED_STATE_KEY, str(since))
-                self.deferred_since[b] = since
             self.m.inc("compactions")
 
         def _deferred_due(self) -> int | None:
@@ -1080,10 +1060,7 @@ def _batch_functions() -> tuple[Any, Any]:
             memcached; ``force``: every changed period (open tiles too, see OPEN_TILE_LEAD_MS)."""
             now = int(time.time() * 1000) if now_ms is None else now_ms
             self.next_flush = now + self.flush_ms
-            horizon = None
-            if not force and self.open_lead_ms >= 0:
-                # Event time may run ahead of this clock (a producer's): tiles up to the watermark are due too.
-                horizon = max(now, self._safe_watermark() or LONG_MIN) + self.open_lead_ms
+            horizon = None if force else flush_horizon(now, self._safe_watermark(), self.open_lead_ms)
             visit = dict(self.unflushed)
             for b, bt in self.buckets.items():
                 due = bt.next_due()
@@ -1126,7 +1103,7 @@ def _batch_functions() -> tuple[Any, Any]:
                 self._flush_all(now)
             if bt.dirty:
                 self._ensure_unit_timer(b, timers, now)
-            elif self._compaction_due(bt):
+            elif bt.compaction_due(self.compact_rows, self.compact_periods):
                 self._compact(bt, bt.next_part)
             self._maybe_evict(bt)
             self._ensure_flush_timer(timers, now)

@@ -667,6 +667,16 @@ PERIOD_SEP = "\x1e"
 
 #: Batch path state: ``#through:<slice>`` holds the batch sequence number a compaction slice is compacted through.
 THROUGH_PREFIX = "#through:"
+#: Batch path state: the earliest tile end a deferred value waited for at the bucket's last compaction (absent: none).
+DEFERRED_SINCE_KEY = "#deferred-since"
+
+
+def flush_horizon(now_ms: int, watermark_ms: int | None, lead_ms: int) -> int | None:
+    """The batch path's flush horizon (:meth:`KeyTiles.flush`): ``lead_ms`` past now, or past the watermark if event
+    time runs ahead of this clock (a producer's); ``None`` (write every changed period) if ``lead_ms`` < 0."""
+    if lead_ms < 0:
+        return None
+    return max(now_ms, -(2**63) if watermark_ms is None else watermark_ms) + lead_ms
 
 
 def period_entry_key(key: str, pk: str) -> str:
@@ -713,7 +723,7 @@ class BucketTiles:
     unless a flush deferred it (an open tile of a larger level, :meth:`KeyTiles.flush`). A restore re-flushes what
     it replays and, through :meth:`restore_deferred`, every period that a flush may have deferred before the last
     compaction (those ending at or after :meth:`next_due` as of that compaction, which the caller keeps in
-    state). Eviction (:meth:`expire`) needs a compacted bucket too (a
+    state, ``#deferred-since``). Eviction (:meth:`expire`) needs a compacted bucket too (a
     replayed batch would bring an evicted period back).
 
     With ``slices`` > 1 the keys are split by hash into slices that compact one at a time (:meth:`compact` with a
@@ -737,6 +747,7 @@ class BucketTiles:
         "scheduled",
         "seq",
         "slices",
+        "stored_since",
         "through",
         "uncompacted",
         "uncompacted_periods",
@@ -757,9 +768,8 @@ class BucketTiles:
         self.through = [0] * slices  # per slice: the batches before this are in its keys' values in state
         self.next_part = 0  # the slice the next (one-slice) compaction takes
         self.pending_rows = 0  # rows applied since the last compaction
-        self.uncompacted_periods = (
-            0  # periods changed since their slice's last compaction (what compactions write)
-        )
+        self.uncompacted_periods = 0  # changed since their slice's last compaction (what compactions write)
+        self.stored_since: int | None = None  # the DEFERRED_SINCE_KEY entry as in state
         self.expiry: list[tuple[int, str]] = []  # heap: (a key's earliest expiry, key); stale entries skipped
         self.scheduled: dict[str, int] = {}  # key -> its entry in the heap (at most its earliest expiry)
         # keys whose unwritten periods were all deferred by a flush: heap of (due, key) (stale entries skipped) and
@@ -823,6 +833,9 @@ class BucketTiles:
         """Rebuild from the state's pending batches (in order) and, with slices, the ``#through:<slice>`` entries
         read through ``load``; the rows replayed become unflushed (flushed again, the same bytes). A row of a batch
         its key's slice was compacted through is skipped. Returns the rows replayed."""
+        if load is not None:
+            held = load(DEFERRED_SINCE_KEY)
+            self.stored_since = None if held is None else int(held)
         if self.slices > 1 and load is not None:
             for part in range(self.slices):
                 held = load(f"{THROUGH_PREFIX}{part}")
@@ -888,13 +901,14 @@ class BucketTiles:
             heapq.heappop(heap)
         return None
 
-    def restore_deferred(
-        self, indexes: Iterable[tuple[str, int, bytes]], since_ms: int, load: Any = None
-    ) -> int:
-        """After a restore: of the keys in state (``(key, GroupBy index, index entry)``, :func:`key_index`), every
-        period ending at or after ``since_ms`` (the bucket's :meth:`next_due` at its last compaction: every period a
-        flush deferred ends no earlier) is due at the next flush - the same bytes again where memcached had them.
-        Returns the periods marked."""
+    def restore_deferred(self, indexes: Iterable[tuple[str, int, bytes]], load: Any = None) -> int:
+        """After a restore (:meth:`replay`), if the state held a deferred value (:attr:`stored_since`: the bucket's
+        :meth:`next_due` at its last compaction; every period a flush deferred ends no earlier): of the keys in
+        state (``(key, GroupBy index, index entry)``, :func:`key_index`), every period ending at or after it is due
+        at the next flush - the same bytes again where memcached had them. Returns the periods marked."""
+        since_ms = self.stored_since
+        if since_ms is None:
+            return 0
         n = 0
         for key, gi, index in indexes:
             codec = self.codecs[gi]
@@ -943,6 +957,13 @@ class BucketTiles:
             self.through[p] = self.seq
             if self.slices > 1:
                 puts[f"{THROUGH_PREFIX}{p}"] = str(self.seq).encode("ascii")
+        since = self.next_due()  # what memcached may lack now ends no earlier (restore_deferred)
+        if since != self.stored_since:
+            if since is None:
+                removes.append(DEFERRED_SINCE_KEY)
+            else:
+                puts[DEFERRED_SINCE_KEY] = str(since).encode("ascii")
+            self.stored_since = since
         low = min(self.through)
         pending = [str(i) for i in range(self.low, low)]
         self.low = low
@@ -953,6 +974,11 @@ class BucketTiles:
         self.pending_rows = 0
         self.uncompacted_periods = max(0, self.uncompacted_periods - written) if part is not None else 0
         return puts, removes, pending
+
+    def compaction_due(self, compact_rows: int, compact_periods: int) -> bool:
+        """A slice is due every ``compact_rows`` / slices rows (so a restore replays at most about ``compact_rows``),
+        or once ``compact_periods`` period values changed (a slice then writes about 1/slices of them)."""
+        return self.pending_rows * self.slices >= compact_rows or self.uncompacted_periods >= compact_periods
 
     def _schedule(self, key: str, at: int) -> None:
         self.scheduled[key] = at

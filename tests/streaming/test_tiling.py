@@ -342,8 +342,8 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     value written equals the in-memory Tiler's, byte for byte, and eviction really drops periods.
 
     ``deferred-open-tiles``: flushes defer open tiles of the larger levels (horizon = the stream's time + a lead,
-    as the job's), compactions keep in state the earliest end a deferred value waits for, and a restore writes
-    again every period ending at or after it: a crash must not leave a deferred value out of memcached.
+    as the job's), compactions keep in state the earliest end a deferred value waits for (``#deferred-since``), and
+    a restore writes again every period ending at or after it: a crash must not leave a deferred value out of memcached.
 
     ``deferred-sliced-compaction``: each bucket's keys in 3 slices that compact one at a time (and all before an
     eviction); a restore replays only the rows of batches their slice was not compacted through."""
@@ -363,13 +363,12 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     lateness = gbs[0].source.allowed_lateness_ms
     n_buckets = 3
     rng = random.Random(7)
-    # bucket -> (key values, pending batches): the keyed MapStates
-    # bucket -> (key values, pending batches, the earliest end deferred at the last compaction): keyed state
-    State = dict[int, tuple[dict[str, bytes], dict[str, bytes], dict[str, int]]]
-    state: State = {b: ({}, {}, {}) for b in range(n_buckets)}
+    # bucket -> (key values - with the bucket's own "#..." entries -, pending batches): the keyed MapStates
+    State = dict[int, tuple[dict[str, bytes], dict[str, bytes]]]
+    state: State = {b: ({}, {}) for b in range(n_buckets)}
     memory: dict[int, BucketTiles] = {}
     store: dict[tuple[Any, ...], bytes] = {}
-    checkpoint: tuple[int, State] = (0, {b: ({}, {}, {}) for b in range(n_buckets)})
+    checkpoint: tuple[int, State] = (0, {b: ({}, {}) for b in range(n_buckets)})
     crashes = dropped = compactions = replayed = deferred_restored = partial = 0
     checkpoint_partial = barrier_now = False
     lead = 2_000
@@ -379,15 +378,13 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
         if b not in memory:
             bt = memory[b] = BucketTiles(codecs, retentions, slices)
             replayed += bt.replay(list(state[b][1].items()), state[b][0].get)
-            since = state[b][2].get("since")
-            if since is not None:
-                values = state[b][0]
-                indexes = [
-                    (k, parse_flink_key(k)[0], v)
-                    for k, v in values.items()
-                    if PERIOD_SEP not in k and not k.startswith("#")
-                ]
-                deferred_restored += bt.restore_deferred(indexes, since, values.get)
+            values = state[b][0]
+            indexes = [
+                (k, parse_flink_key(k)[0], v)
+                for k, v in values.items()
+                if PERIOD_SEP not in k and not k.startswith("#")
+            ]
+            deferred_restored += bt.restore_deferred(indexes, values.get)
         return memory[b]
 
     def flush_all(final: bool = False) -> None:
@@ -399,17 +396,12 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     def compact(b: int, part: int | None = None) -> None:
         nonlocal compactions
         puts, removes, pending = bucket(b).compact(part)
-        values, batches, deferred = state[b]
+        values, batches = state[b]
         values.update(puts)
         for k in removes:
             values.pop(k, None)
         for k in pending:
             del batches[k]
-        since = bucket(b).next_due()
-        if since is None:
-            deferred.pop("since", None)
-        else:
-            deferred["since"] = since
         compactions += 1
 
     def wm_before(i: int) -> int | None:
@@ -452,7 +444,7 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
             rng.random() < 0.2 or barrier_now
         ):  # a barrier (between batches): offset + a copy of the keyed state
             barrier_now = False
-            checkpoint = (i, {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in state.items()})
+            checkpoint = (i, {b: (dict(v), dict(p)) for b, (v, p) in state.items()})
             checkpoint_partial = any(len(set(bt.through)) > 1 for bt in memory.values())
         if (
             crashes < 4 and i > 500 and (rng.random() < 0.03 or (checkpoint_partial and rng.random() < 0.1))
@@ -460,7 +452,7 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
             crashes += 1
             partial += checkpoint_partial
             i, saved = checkpoint
-            state = {b: (dict(v), dict(p), dict(d)) for b, (v, p, d) in saved.items()}
+            state = {b: (dict(v), dict(p)) for b, (v, p) in saved.items()}
             memory = {}
             wm = wm_before(i)
             for b in state:  # restored timers touch every bucket with pending batches
@@ -476,7 +468,7 @@ def test_buckets_flush_the_tilers_bytes_and_restore_from_any_barrier(
     # Compacted state alone (no pending batch) rebuilds exactly the periods held in memory (evicted ones gone).
     for b in list(memory):
         compact(b)
-    for b, (values, batches, _) in state.items():
+    for b, (values, batches) in state.items():
         assert not batches
         indexes = {k for k in values if PERIOD_SEP not in k and not k.startswith("#")}
         assert indexes == set(memory[b].keys)
